@@ -1,0 +1,42 @@
+// Norm pass: each workgroup reduces one chunk of one view to a power sum
+// and writes it to scratch[partial index]. Chunks never straddle a group or
+// a binding window, so one dispatch covers every view in up to one binding
+// per slot, however many views those bindings hold.
+
+// @slot-begin
+fn norm_range_SLOT(first: u32, end: u32, lix: u32, acc: ptr<function, Acc>) {
+    let end4 = (end + 3u) / 4u;
+    for (var i4 = first / 4u + lix; i4 < end4; i4 += WG_SIZE) {
+        let inside = lanes_inside(i4, first, end);
+        let raw = bitcast<vec4<u32>>(load4_SLOT(i4)) & vec4<u32>(ABS_MASK);
+        accumulate(acc, select(vec4<u32>(0u), raw, inside));
+    }
+}
+// @slot-end
+
+fn norm_range(slot: u32, first: u32, end: u32, lix: u32, acc: ptr<function, Acc>) {
+    switch slot {
+        // @slot-case case SLOTu: { norm_range_SLOT(first, end, lix, acc); }
+        default: {}
+    }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn norm_partials(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) lix: u32,
+) {
+    let chunk_ix = chunk_index(wg);
+    if (chunk_ix >= params.n_chunks) {
+        return;
+    }
+    let chunk = plan_table[params.chunk_base + chunk_ix];
+
+    var acc = new_acc();
+    norm_range(chunk.x & 0xffu, chunk.y, chunk.y + chunk.z, lix, &acc);
+
+    let total = workgroup_combine(lix, acc_sum(acc));
+    if (lix == 0u) {
+        scratch[chunk.w] = pack_sum(total);
+    }
+}
