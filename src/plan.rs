@@ -346,7 +346,7 @@ mod tests {
             group: 0,
             view: 0,
         }];
-        let l = layout(&views, &[len * 4 + 12], 1, &limits()).unwrap();
+        let l = layout(&views, &[len * 4 + 16], 1, &limits()).unwrap();
         assert_eq!(l.windows.len(), 4);
         assert_eq!(l.batches.len(), 2);
         let covered: u64 = l.chunks.iter().map(|c| u64::from(c[2])).sum();
