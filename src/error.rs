@@ -97,7 +97,11 @@ pub enum Error {
     #[error("reading results back failed: {0}")]
     Readback(String),
 
-    /// wgpu reported an error (validation, out of memory, device lost).
+    /// The device ran out of memory while the plan was being made.
+    #[error("out of device memory: {0}")]
+    OutOfMemory(String),
+
+    /// wgpu reported an error (validation, internal, device lost).
     #[error("wgpu error: {0}")]
     Wgpu(String),
 }

@@ -455,6 +455,13 @@ mod tests {
     }
 
     #[test]
+    fn too_many_groups_is_an_error() {
+        let err = layout(&[], &[], 1 << 24, &limits()).unwrap_err();
+        assert!(matches!(err, LayoutError::TooLarge(_)));
+        assert!(layout(&[], &[], (1 << 24) - 1, &limits()).is_ok());
+    }
+
+    #[test]
     fn partials_are_contiguous_per_group() {
         let views = arena_views(300, 5);
         let l = layout(&views, &[1 << 19], 5, &limits()).unwrap();

@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use wgpu::util::DeviceExt;
-
 use crate::pipelines::PipelineKey;
 use crate::plan::{self, Layout, LayoutError, LayoutLimits, ViewSpec};
 use crate::report::{self, ClipReport, PowerSum};
@@ -101,6 +99,14 @@ impl GradClipper {
     /// which resolves at once on native backends; in the browser it is
     /// reported by the browser's own validation instead.
     pub fn plan(&self, groups: &[ClipGroup], config: &ClipConfig) -> Result<ClipPlan> {
+        let scopes = DeviceScopes::push(&self.shared.device);
+        let plan = self.plan_inner(groups, config);
+        let caught = scopes.finish();
+        let plan = plan?;
+        caught.map(|()| plan)
+    }
+
+    fn plan_inner(&self, groups: &[ClipGroup], config: &ClipConfig) -> Result<ClipPlan> {
         config.validate()?;
         let kind = norm_kind_of(config.norm);
         let p = match config.norm {
@@ -175,6 +181,14 @@ impl GradClipper {
     /// NaN. Views are validated as for [`GradClipper::plan`], and
     /// `clip_value` must be greater than 0 ([`Error::InvalidClipValue`]).
     pub fn plan_value(&self, groups: &[ClipGroup], clip_value: f32) -> Result<ValueClipPlan> {
+        let scopes = DeviceScopes::push(&self.shared.device);
+        let plan = self.plan_value_inner(groups, clip_value);
+        let caught = scopes.finish();
+        let plan = plan?;
+        caught.map(|()| plan)
+    }
+
+    fn plan_value_inner(&self, groups: &[ClipGroup], clip_value: f32) -> Result<ValueClipPlan> {
         if clip_value.is_nan() || clip_value <= 0.0 {
             return Err(Error::InvalidClipValue(clip_value));
         }
@@ -303,11 +317,12 @@ impl GradClipper {
         if table.is_empty() {
             table.push([0; 4]);
         }
-        let plan_table = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("wgpu_gradclip.plan_table"),
-            contents: bytemuck::cast_slice(&table),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+        let plan_table = init_buffer(
+            device,
+            "wgpu_gradclip.plan_table",
+            bytemuck::cast_slice(&table),
+            wgpu::BufferUsages::STORAGE,
+        )?;
 
         let n_groups = groups.len() as u32;
         let results_base = n_chunks;
@@ -344,11 +359,12 @@ impl GradClipper {
         }
         let fin_at = layout.batches.len() * stride as usize;
         blocks[fin_at..fin_at + 64].copy_from_slice(bytemuck::bytes_of(&base));
-        let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("wgpu_gradclip.params"),
-            contents: &blocks,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let params = init_buffer(
+            device,
+            "wgpu_gradclip.params",
+            &blocks,
+            wgpu::BufferUsages::UNIFORM,
+        )?;
         let params_entry = |block: usize| wgpu::BindGroupEntry {
             binding: 0,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -479,6 +495,62 @@ impl GradClipper {
             }
         }
         Error::Wgpu(message)
+    }
+}
+
+/// A buffer filled with `contents` at creation. Unlike wgpu's
+/// `create_buffer_init`, a device that cannot map it (a lost device) gives
+/// an error rather than a panic.
+fn init_buffer(
+    device: &wgpu::Device,
+    label: &str,
+    contents: &[u8],
+    usage: wgpu::BufferUsages,
+) -> Result<wgpu::Buffer> {
+    let size = (contents.len() as u64).div_ceil(4).max(1) * 4;
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage,
+        mapped_at_creation: true,
+    });
+    {
+        let mut view = buffer
+            .get_mapped_range_mut(..)
+            .map_err(|e| Error::Wgpu(e.to_string()))?;
+        view.slice(..contents.len()).copy_from_slice(contents);
+    }
+    buffer.unmap();
+    Ok(buffer)
+}
+
+/// Error scopes for out-of-memory and internal errors around resource
+/// creation, so that they come back as values instead of reaching the
+/// device's uncaptured-error handler.
+pub(crate) struct DeviceScopes {
+    internal: wgpu::ErrorScopeGuard,
+    oom: wgpu::ErrorScopeGuard,
+}
+
+impl DeviceScopes {
+    pub(crate) fn push(device: &wgpu::Device) -> Self {
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+        Self { internal, oom }
+    }
+
+    /// Pops both scopes (innermost first) and turns a caught error into an
+    /// [`Error`].
+    pub(crate) fn finish(self) -> Result<()> {
+        let internal = resolve_now(self.internal.pop());
+        let oom = resolve_now(self.oom.pop());
+        if let Some(message) = oom {
+            return Err(Error::OutOfMemory(message));
+        }
+        if let Some(message) = internal {
+            return Err(Error::Wgpu(message));
+        }
+        Ok(())
     }
 }
 
