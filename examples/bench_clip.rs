@@ -17,6 +17,7 @@ use wgpu_gradclip::{ClipConfig, ClipGroup, ClipMode, GradClipper, GradView};
 
 struct Args {
     n: u64,
+    chunk: u32,
     reps: usize,
     json: bool,
 }
@@ -24,6 +25,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         n: 16 << 20,
+        chunk: wgpu_gradclip::DEFAULT_CHUNK_ELEMENTS,
         reps: 15,
         json: false,
     };
@@ -37,9 +39,17 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--reps: {e}"))?
             }
+            "--chunk" => {
+                args.chunk = value("--chunk")?
+                    .parse()
+                    .map_err(|e| format!("--chunk: {e}"))?
+            }
             "--json" => args.json = true,
             "-h" | "--help" => {
-                return Err("usage: bench_clip [--n ELEMENTS] [--reps N] [--json]".into());
+                return Err(
+                    "usage: bench_clip [--n ELEMENTS] [--reps N] [--chunk ELEMENTS] [--json]"
+                        .into(),
+                );
             }
             other => return Err(format!("unknown argument {other}; try --help")),
         }
@@ -380,7 +390,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    let clipper = GradClipper::new(&b.device)?;
+    let clipper =
+        GradClipper::with_options(&b.device, wgpu_gradclip::ClipperOptions::for_adapter(&info))?;
     let data = values(n as usize, 1);
     let pristine = b.storage(&data);
     let grads = b.storage(&data);
@@ -400,11 +411,11 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let whole = [ClipGroup::new("all", [GradView::whole(&grads)])];
     // max_norm far below the norm: every repetition scales (from a fresh copy).
-    let active = clipper.plan(&whole, &ClipConfig::new(1e-3))?;
+    let active = clipper.plan(&whole, &ClipConfig::new(1e-3).chunk_elements(args.chunk))?;
     let s = b.time(args.reps, &restore, &[&|enc| active.record(enc)]);
     rows.push(("clip_active", s, active.dispatch_count(), 3.0));
 
-    let inactive = clipper.plan(&whole, &ClipConfig::new(1e30))?;
+    let inactive = clipper.plan(&whole, &ClipConfig::new(1e30).chunk_elements(args.chunk))?;
     let s = b.time(args.reps, &nothing, &[&|enc| inactive.record(enc)]);
     rows.push(("clip_inactive", s, inactive.dispatch_count(), 1.0));
 
@@ -421,7 +432,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             .push(GradView::new(&grads, offset * 4, len));
         offset += len;
     }
-    let per_group = ClipConfig::new(1e-3).mode(ClipMode::PerGroup);
+    let per_group = ClipConfig::new(1e-3)
+        .mode(ClipMode::PerGroup)
+        .chunk_elements(args.chunk);
     let arena = clipper.plan(&arena_groups, &per_group)?;
     let s = b.time(args.reps, &restore, &[&|enc| arena.record(enc)]);
     rows.push(("arena_1000", s, arena.dispatch_count(), 3.0));

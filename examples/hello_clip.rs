@@ -4,7 +4,7 @@
 //! Run with `cargo run --release --example hello_clip`. Choose an adapter
 //! with `WGPU_BACKEND=vulkan|gl|metal|dx12` or `WGPU_ADAPTER_NAME=...`.
 
-use wgpu_gradclip::{ClipConfig, ClipGroup, ClipMode, GradClipper, GradView};
+use wgpu_gradclip::{ClipConfig, ClipGroup, ClipMode, ClipperOptions, GradClipper, GradView};
 
 fn main() {
     env_logger::init();
@@ -58,7 +58,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // Pipelines and scratch are made here, once; recording them each step
     // costs nothing more.
-    let clipper = GradClipper::new(&device)?;
+    let clipper =
+        GradClipper::with_options(&device, ClipperOptions::for_adapter(&adapter.get_info()))?;
     let config = ClipConfig::new(1.0).mode(ClipMode::PerGroup);
     let plan = clipper.plan(&groups, &config)?;
     println!("dispatches per clip: {}", plan.dispatch_count());

@@ -56,7 +56,7 @@ mod report;
 pub mod shaders;
 
 pub use error::{Error, Result};
-pub use pipelines::GradClipper;
+pub use pipelines::{ClipperOptions, GradClipper};
 pub use record::{ClipPlan, ValueClipPlan};
 pub use report::{ClipReport, GroupReport, PowerSum};
 

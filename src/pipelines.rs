@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::shaders::{
-    self, GradAccess, Kernel, FIRST_GRAD_BINDING, MAX_GRAD_SLOTS, WORKGROUP_SIZE,
+    self, GradAccess, Kernel, FIRST_GRAD_BINDING, MAX_GRAD_SLOTS, WORKGROUP_SIZE, WORKGROUP_SIZES,
 };
 use crate::{Error, Result};
 
@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub limits: wgpu::Limits,
     /// Gradient bindings per dispatch.
     pub slots: u32,
+    /// Invocations per workgroup of every kernel.
+    pub workgroup_size: u32,
     pub grad_layout: wgpu::BindGroupLayout,
     pub finalize_layout: wgpu::BindGroupLayout,
     grad_pipeline_layout: wgpu::PipelineLayout,
@@ -76,26 +78,71 @@ fn base_entries() -> Vec<wgpu::BindGroupLayoutEntry> {
     ]
 }
 
+/// Tuning of a [`GradClipper`] for one kind of device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClipperOptions {
+    /// Invocations per workgroup: 32, 64, 128 or 256 (the default).
+    pub workgroup_size: u32,
+}
+
+impl Default for ClipperOptions {
+    fn default() -> Self {
+        Self {
+            workgroup_size: WORKGROUP_SIZE,
+        }
+    }
+}
+
+impl ClipperOptions {
+    /// Options suited to the adapter: 64 invocations on CPU drivers
+    /// (lavapipe, llvmpipe, SwiftShader), where each workgroup barrier
+    /// switches between software threads and a smaller tree costs a third
+    /// as much on tiny views; 256 elsewhere.
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
+        let workgroup_size = if info.device_type == wgpu::DeviceType::Cpu {
+            64
+        } else {
+            WORKGROUP_SIZE
+        };
+        Self { workgroup_size }
+    }
+}
+
 impl GradClipper {
-    /// Prepares the bind group layouts for `device`. Pipelines are compiled
-    /// lazily by [`GradClipper::plan`], once per kernel variant.
+    /// Prepares the bind group layouts for `device`, with default options.
+    /// Pipelines are compiled lazily by [`GradClipper::plan`], once per
+    /// kernel variant.
     ///
     /// Fails with [`Error::UnsupportedDevice`] when the device allows fewer
     /// than 3 storage buffers per shader stage or fewer than 256 invocations
     /// per workgroup (WebGPU guarantees 8 and 256).
     pub fn new(device: &wgpu::Device) -> Result<Self> {
+        Self::with_options(device, ClipperOptions::default())
+    }
+
+    /// As [`GradClipper::new`], tuned by `options` (see
+    /// [`ClipperOptions::for_adapter`]). A workgroup size other than 32, 64,
+    /// 128 or 256, or above the device's limits, is
+    /// [`Error::UnsupportedDevice`].
+    pub fn with_options(device: &wgpu::Device, options: ClipperOptions) -> Result<Self> {
         let limits = device.limits();
+        let workgroup_size = options.workgroup_size;
+        if !WORKGROUP_SIZES.contains(&workgroup_size) {
+            return Err(Error::UnsupportedDevice(format!(
+                "workgroup size {workgroup_size} is not one of {WORKGROUP_SIZES:?}"
+            )));
+        }
         if limits.max_storage_buffers_per_shader_stage < FIRST_GRAD_BINDING {
             return Err(Error::UnsupportedDevice(format!(
                 "needs 3 storage buffers per shader stage, device allows {}",
                 limits.max_storage_buffers_per_shader_stage
             )));
         }
-        if limits.max_compute_invocations_per_workgroup < WORKGROUP_SIZE
-            || limits.max_compute_workgroup_size_x < WORKGROUP_SIZE
+        if limits.max_compute_invocations_per_workgroup < workgroup_size
+            || limits.max_compute_workgroup_size_x < workgroup_size
         {
             return Err(Error::UnsupportedDevice(format!(
-                "needs {WORKGROUP_SIZE} invocations per workgroup, device allows {}",
+                "needs {workgroup_size} invocations per workgroup, device allows {}",
                 limits.max_compute_invocations_per_workgroup
             )));
         }
@@ -136,6 +183,7 @@ impl GradClipper {
                 device: device.clone(),
                 limits,
                 slots,
+                workgroup_size,
                 grad_layout,
                 finalize_layout,
                 grad_pipeline_layout,
@@ -150,6 +198,11 @@ impl GradClipper {
     /// The device this clipper was made for.
     pub fn device(&self) -> &wgpu::Device {
         &self.shared.device
+    }
+
+    /// Invocations per workgroup of every kernel.
+    pub fn workgroup_size(&self) -> u32 {
+        self.shared.workgroup_size
     }
 
     /// How many gradient buffers (binding windows) one dispatch reads.
@@ -198,7 +251,7 @@ impl Shared {
         modules
             .entry((kernel, access))
             .or_insert_with(|| {
-                let source = shaders::compose(kernel, access, self.slots);
+                let source = shaders::compose(kernel, access, self.slots, self.workgroup_size);
                 self.device
                     .create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(&format!("wgpu_gradclip.{kernel:?}.{access:?}")),

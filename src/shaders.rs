@@ -8,10 +8,14 @@
 //! rest of that line per slot. WGSL cannot index bindings at run time, so
 //! this is how one dispatch reads from several buffers.
 
-/// Invocations per workgroup in every clipping kernel; mirrors `WG_SIZE` in
+/// Default invocations per workgroup; mirrors `WG_SIZE` in
 /// `shaders/clip_common.wgsl` (a test checks that they agree). 256 is the
 /// WebGPU default limit, so every conforming device can run it.
 pub const WORKGROUP_SIZE: u32 = 256;
+
+/// Workgroup sizes the kernels can be built with: powers of two, because
+/// the reductions halve the workgroup at each step.
+pub const WORKGROUP_SIZES: [u32; 4] = [32, 64, 128, 256];
 
 /// The most gradient bindings one dispatch reads; fewer are used when the
 /// device allows fewer storage buffers per shader stage.
@@ -93,9 +97,13 @@ pub(crate) mod norm_kind {
 }
 
 /// The full WGSL source of `kernel` with `slots` gradient bindings typed by
-/// `access`. `slots` is ignored for kernels that bind no gradients.
-pub fn compose(kernel: Kernel, access: GradAccess, slots: u32) -> String {
-    let mut out = String::from(COMMON);
+/// `access`, built for `workgroup_size` invocations per workgroup (one of
+/// [`WORKGROUP_SIZES`]). `slots` is ignored for kernels that bind no
+/// gradients.
+pub fn compose(kernel: Kernel, access: GradAccess, slots: u32, workgroup_size: u32) -> String {
+    let default = format!("const WG_SIZE: u32 = {WORKGROUP_SIZE}u;");
+    let chosen = format!("const WG_SIZE: u32 = {workgroup_size}u;");
+    let mut out = COMMON.replace(&default, &chosen);
     if kernel.uses_grads() {
         let grads = match access {
             GradAccess::Vec4 => GRAD_VEC4,
@@ -148,7 +156,8 @@ mod tests {
 
     #[test]
     fn slot_blocks_expand_per_slot() {
-        let src = compose(Kernel::Norm, GradAccess::Vec4, 3);
+        let src = compose(Kernel::Norm, GradAccess::Vec4, 3, 64);
+        assert!(src.contains("const WG_SIZE: u32 = 64u;"));
         for slot in 0..3 {
             assert!(src.contains(&format!("fn norm_range_{slot}(")));
             assert!(src.contains(&format!("case {slot}u: {{ norm_range_{slot}(")));

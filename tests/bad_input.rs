@@ -150,6 +150,7 @@ fn buffer_from_another_device() {
         let (device, queue) = request_device(&gpu.adapter, default_limits(&gpu.adapter));
         let other = &Gpu {
             adapter: gpu.adapter.clone(),
+            options: gpu.options,
             device,
             queue,
             name: "second device".into(),
@@ -229,5 +230,22 @@ fn report_misuse_is_an_error_not_a_hang() {
         ));
         let sums = [wgpu_gradclip::PowerSum::default(); 2];
         assert!(plan.write_power_sums(&gpu.queue, &sums).is_err());
+    }
+}
+
+#[test]
+fn unsupported_workgroup_size() {
+    for gpu in gpus() {
+        for workgroup_size in [0, 48, 512] {
+            let err = GradClipper::with_options(
+                &gpu.device,
+                wgpu_gradclip::ClipperOptions { workgroup_size },
+            )
+            .unwrap_err();
+            assert!(
+                matches!(err, Error::UnsupportedDevice(_)),
+                "{workgroup_size}: {err}"
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use wgpu_gradclip::shaders::{compose, GradAccess, Kernel, MAX_GRAD_SLOTS};
+use wgpu_gradclip::shaders::{compose, GradAccess, Kernel, MAX_GRAD_SLOTS, WORKGROUP_SIZES};
 
 /// NORM_KIND values: max norm, p = 1, p = 2, general p.
 const NORM_KINDS: [u32; 4] = [0, 1, 2, 3];
@@ -88,9 +88,16 @@ fn clipping_kernels_validate_and_translate_everywhere() {
         for access in [GradAccess::Vec4, GradAccess::Scalar] {
             // 1 and 2 slots: devices with few storage buffers; 6: WebGPU's
             // default of 8 minus the two tables; 8: the cap.
-            for slots in [1, 2, 6, MAX_GRAD_SLOTS] {
-                let source = compose(kernel, access, slots);
-                let name = format!("{kernel:?}/{access:?}/{slots} slots");
+            for (slots, wg) in [
+                (1, 256),
+                (2, 64),
+                (6, 256),
+                (MAX_GRAD_SLOTS, 32),
+                (MAX_GRAD_SLOTS, 128),
+            ] {
+                assert!(WORKGROUP_SIZES.contains(&wg));
+                let source = compose(kernel, access, slots, wg);
+                let name = format!("{kernel:?}/{access:?}/{slots} slots/{wg} invocations");
                 for kind in NORM_KINDS {
                     check_module(
                         &name,
@@ -98,9 +105,6 @@ fn clipping_kernels_validate_and_translate_everywhere() {
                         kernel.entry_points(),
                         &[("NORM_KIND", f64::from(kind))],
                     );
-                }
-                if !kernel.uses_grads() {
-                    break;
                 }
             }
         }

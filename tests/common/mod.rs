@@ -37,6 +37,8 @@ pub fn adapters() -> Vec<wgpu::Adapter> {
 
 pub struct Gpu {
     pub adapter: wgpu::Adapter,
+    /// The clipper options a real user of this adapter would pick.
+    pub options: wgpu_gradclip::ClipperOptions,
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub name: String,
@@ -52,6 +54,7 @@ pub fn gpus_with(limits: impl Fn(&wgpu::Adapter) -> wgpu::Limits) -> Vec<Gpu> {
             let (device, queue) = request_device(&adapter, limits(&adapter));
             eprintln!("testing on {} ({:?})", info.name, info.backend);
             Gpu {
+                options: wgpu_gradclip::ClipperOptions::for_adapter(&info),
                 adapter,
                 device,
                 queue,
@@ -357,7 +360,8 @@ pub fn run_case(
     let what = format!("{what} on {}", gpu.name);
     let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
     let buffers: Vec<TestBuffer> = contents.into_iter().map(|c| upload(gpu, c)).collect();
-    let clipper = wgpu_gradclip::GradClipper::new(&gpu.device).expect("clipper");
+    let clipper =
+        wgpu_gradclip::GradClipper::with_options(&gpu.device, gpu.options).expect("clipper");
     let plan = clipper
         .plan(&groups_of(&buffers, layout), config)
         .unwrap_or_else(|e| panic!("{what}: plan: {e}"));
