@@ -495,3 +495,30 @@ fn every_workgroup_size_gives_the_same_answers() {
         }
     }
 }
+
+#[test]
+fn offsets_aligned_to_four_bytes_only() {
+    // Engines sub-allocate at 4-byte granularity; the device's storage
+    // offset alignment (256 by default) must not matter.
+    for gpu in gpus() {
+        let mut rng = Rng(15);
+        let data = random_values(&mut rng, 3000, 1.0);
+        let layout: Vec<(String, Vec<ViewAt>)> = [1u64, 5, 67, 255, 1001]
+            .iter()
+            .enumerate()
+            .map(|(i, &elem)| {
+                (
+                    format!("at byte {}", elem * 4),
+                    vec![ViewAt {
+                        buffer: 0,
+                        elem,
+                        len: 3 + i as u64,
+                    }],
+                )
+            })
+            .collect();
+        let config = ClipConfig::new(0.1).mode(ClipMode::PerGroup);
+        let report = run_case(&gpu, "4-byte offsets", &config, vec![data], &layout);
+        assert!(report.groups.iter().all(|g| g.clipped));
+    }
+}
