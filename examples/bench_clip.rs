@@ -325,6 +325,81 @@ impl Naive {
     }
 }
 
+/// Bare shader passes over the same buffer: the least any norm or scale
+/// pass can cost on the device.
+struct Floors {
+    read: wgpu::ComputePipeline,
+    scale: wgpu::ComputePipeline,
+    read_group: wgpu::BindGroup,
+    scale_group: wgpu::BindGroup,
+    workgroups: u32,
+}
+
+impl Floors {
+    fn new(b: &Bench, grads: &wgpu::Buffer, n: u64) -> Floors {
+        let module = b.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("bench_clip.floors"),
+            source: wgpu::ShaderSource::Wgsl(include_str!("bench_naive.wgsl").into()),
+        });
+        let workgroups = (n / 4).div_ceil(4096) as u32;
+        let out = b.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("bench_clip.floor_out"),
+            size: u64::from(workgroups) * 256 * 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let make = |entry: &str| {
+            let pipeline = b
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                });
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: grads.as_entire_binding(),
+            }];
+            if entry == "read_floor" {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: out.as_entire_binding(),
+                });
+            }
+            let group = b.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("bench_clip.floor"),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+            (pipeline, group)
+        };
+        let (read, read_group) = make("read_floor");
+        let (scale, scale_group) = make("scale_floor");
+        Floors {
+            read,
+            scale,
+            read_group,
+            scale_group,
+            workgroups,
+        }
+    }
+
+    fn record(&self, enc: &mut wgpu::CommandEncoder, pipeline: &wgpu::ComputePipeline) {
+        let group = if std::ptr::eq(pipeline, &self.read) {
+            &self.read_group
+        } else {
+            &self.scale_group
+        };
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, group, &[]);
+        pass.dispatch_workgroups(self.workgroups, 1, 1);
+    }
+}
+
 fn main() {
     env_logger::init();
     let args = match parse_args() {
@@ -408,6 +483,21 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         &[&|enc| enc.copy_buffer_to_buffer(&grads, 0, &copy_dst, 0, bytes)],
     );
     rows.push(("copy", copy, 0, 2.0));
+
+    // The shader floors: a bare vec4 read pass and a bare vec4 scale pass.
+    let floors = Floors::new(&b, &grads, n);
+    let s = b.time(
+        args.reps,
+        &nothing,
+        &[&|enc| floors.record(enc, &floors.read)],
+    );
+    rows.push(("read_floor", s, 1, 1.0));
+    let s = b.time(
+        args.reps,
+        &restore,
+        &[&|enc| floors.record(enc, &floors.scale)],
+    );
+    rows.push(("scale_floor", s, 1, 2.0));
 
     let whole = [ClipGroup::new("all", [GradView::whole(&grads)])];
     // max_norm far below the norm: every repetition scales (from a fresh copy).
@@ -541,6 +631,16 @@ fn report(
             "clip_active / copy",
             pick("clip_active") / pick("copy"),
             "<= 1.8",
+        ),
+        (
+            "clip_active / (read_floor + scale_floor)",
+            pick("clip_active") / (pick("read_floor") + pick("scale_floor")),
+            "close to 1",
+        ),
+        (
+            "clip_inactive / read_floor",
+            pick("clip_inactive") / pick("read_floor"),
+            "close to 1",
         ),
         (
             "clip_inactive / copy",

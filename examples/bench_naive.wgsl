@@ -40,3 +40,30 @@ fn scale(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         grad[i] *= coefficient.x;
     }
 }
+
+// Floors: the least a shader pass can cost on this device. read_floor only
+// sums vec4s (what any norm must do); scale_floor multiplies vec4s in place
+// (what any scale pass must do). One invocation per 4096 vec4 / 256.
+@group(0) @binding(0) var<storage, read_write> floor_data: array<vec4<f32>>; // [N / 4]
+@group(0) @binding(1) var<storage, read_write> floor_out: array<vec4<f32>>; // [workgroups * 256]
+
+@compute @workgroup_size(256)
+fn read_floor(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lix: u32) {
+    var s = vec4<f32>(0.0);
+    let base = wg.x * 4096u;
+    let end = min(base + 4096u, arrayLength(&floor_data));
+    for (var i = base + lix; i < end; i += 256u) {
+        let v = floor_data[i];
+        s += v * v;
+    }
+    floor_out[wg.x * 256u + lix] = s;
+}
+
+@compute @workgroup_size(256)
+fn scale_floor(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lix: u32) {
+    let base = wg.x * 4096u;
+    let end = min(base + 4096u, arrayLength(&floor_data));
+    for (var i = base + lix; i < end; i += 256u) {
+        floor_data[i] = floor_data[i] * 0.5;
+    }
+}

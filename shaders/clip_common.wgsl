@@ -168,13 +168,19 @@ fn accumulate(acc: ptr<function, Acc>, raw: vec4<u32>) {
     let e = (*acc).e;
 
     // Normal x: subtract (e - 127) from the exponent field, which is exact
-    // while the result stays normal. Anything 2^-126 below the running
-    // maximum is dropped: its p-th power cannot reach the sum's precision.
-    let shifted = bitcast<vec4<f32>>(vec4<i32>(bits) - vec4<i32>((e - 127) << 23u));
-    let normal_ok = (vec4<i32>(ex) >= vec4<i32>(e - 126)) & (ex != vec4<u32>(0u));
-    // Subnormal x = mantissa * 2^-149, so x / 2^(e - 127) = mantissa * 2^(-22 - e).
-    let sub = vec4<f32>(bits) * pow2(-22 - e);
-    let y = select(select(vec4<f32>(0.0), shifted, normal_ok), sub, ex == vec4<u32>(0u));
+    // while the result stays normal, that is for exponent fields of at
+    // least e - 126. Zeros give 0.
+    var y = bitcast<vec4<f32>>(vec4<i32>(bits) - vec4<i32>((e - 127) << 23u));
+    y = select(y, vec4<f32>(0.0), bits == vec4<u32>(0u));
+    let low = (vec4<i32>(ex) < vec4<i32>(max(e - 126, 1))) & (bits != vec4<u32>(0u));
+    if (any(low)) {
+        // Rare: subnormals, and values more than 2^126 below the running
+        // maximum (their p-th power cannot reach the sum's precision, so
+        // they are dropped). Subnormal x = mantissa * 2^-149, so
+        // x / 2^(e - 127) = mantissa * 2^(-22 - e).
+        let sub = select(vec4<f32>(0.0), vec4<f32>(bits) * pow2(-22 - e), ex == vec4<u32>(0u));
+        y = select(y, sub, low);
+    }
     (*acc).s += powp(y);
 }
 
@@ -212,6 +218,24 @@ fn workgroup_combine(lix: u32, v: PowerSum) -> PowerSum {
 // fold the chunk index over x and y.
 fn chunk_index(wg: vec3<u32>) -> u32 {
     return wg.y * params.grid_x + wg.x;
+}
+
+const NO_EDGE: u32 = 0xffffffffu;
+
+// A chunk [first, end) covers whole vec4s from ceil(first / 4) to
+// floor(end / 4), which need no masking, plus at most two vec4s it covers
+// only in part. Invocation 0 takes the partial head, invocation 1 the
+// partial tail (unless it is the head's vec4 too); NO_EDGE means none.
+fn edge_vec4(first: u32, end: u32, lix: u32) -> u32 {
+    let head = first / 4u;
+    let tail = end / 4u;
+    if (lix == 0u && first % 4u != 0u) {
+        return head;
+    }
+    if (lix == 1u && end % 4u != 0u && (first % 4u == 0u || tail != head)) {
+        return tail;
+    }
+    return NO_EDGE;
 }
 
 // Lanes of vec4 number i4 that lie in [first, end).

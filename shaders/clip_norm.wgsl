@@ -5,11 +5,13 @@
 
 // @slot-begin
 fn norm_range_SLOT(first: u32, end: u32, lix: u32, acc: ptr<function, Acc>) {
-    let end4 = (end + 3u) / 4u;
-    for (var i4 = first / 4u + lix; i4 < end4; i4 += WG_SIZE) {
-        let inside = lanes_inside(i4, first, end);
-        let raw = bitcast<vec4<u32>>(load4_SLOT(i4)) & vec4<u32>(ABS_MASK);
-        accumulate(acc, select(vec4<u32>(0u), raw, inside));
+    for (var i4 = (first + 3u) / 4u + lix; i4 < end / 4u; i4 += WG_SIZE) {
+        accumulate(acc, bitcast<vec4<u32>>(load4_SLOT(i4)) & vec4<u32>(ABS_MASK));
+    }
+    let edge = edge_vec4(first, end, lix);
+    if (edge != NO_EDGE) {
+        let raw = bitcast<vec4<u32>>(load4_SLOT(edge)) & vec4<u32>(ABS_MASK);
+        accumulate(acc, select(vec4<u32>(0u), raw, lanes_inside(edge, first, end)));
     }
 }
 // @slot-end

@@ -4,9 +4,12 @@
 
 // @slot-begin
 fn scale_range_SLOT(first: u32, end: u32, lix: u32, c: f32) {
-    let end4 = (end + 3u) / 4u;
-    for (var i4 = first / 4u + lix; i4 < end4; i4 += WG_SIZE) {
-        store4_SLOT(i4, load4_SLOT(i4) * c, lanes_inside(i4, first, end));
+    for (var i4 = (first + 3u) / 4u + lix; i4 < end / 4u; i4 += WG_SIZE) {
+        store4_SLOT(i4, load4_SLOT(i4) * c, vec4<bool>(true));
+    }
+    let edge = edge_vec4(first, end, lix);
+    if (edge != NO_EDGE) {
+        store4_SLOT(edge, load4_SLOT(edge) * c, lanes_inside(edge, first, end));
     }
 }
 // @slot-end

@@ -2,14 +2,21 @@
 // lanes that change are written, and NaN stays NaN (it compares false).
 
 // @slot-begin
+fn clamp_vec4_SLOT(i4: u32, limit: f32, inside: vec4<bool>) {
+    let v = load4_SLOT(i4);
+    let over = (abs(v) > vec4<f32>(limit)) & inside;
+    if (any(over)) {
+        store4_SLOT(i4, sign(v) * limit, over);
+    }
+}
+
 fn clamp_range_SLOT(first: u32, end: u32, lix: u32, limit: f32) {
-    let end4 = (end + 3u) / 4u;
-    for (var i4 = first / 4u + lix; i4 < end4; i4 += WG_SIZE) {
-        let v = load4_SLOT(i4);
-        let over = (abs(v) > vec4<f32>(limit)) & lanes_inside(i4, first, end);
-        if (any(over)) {
-            store4_SLOT(i4, sign(v) * limit, over);
-        }
+    for (var i4 = (first + 3u) / 4u + lix; i4 < end / 4u; i4 += WG_SIZE) {
+        clamp_vec4_SLOT(i4, limit, vec4<bool>(true));
+    }
+    let edge = edge_vec4(first, end, lix);
+    if (edge != NO_EDGE) {
+        clamp_vec4_SLOT(edge, limit, lanes_inside(edge, first, end));
     }
 }
 // @slot-end
