@@ -20,7 +20,9 @@ const NONFINITE: u32 = 3u;
 
 const ABS_MASK: u32 = 0x7fffffffu;
 const MANTISSA_MASK: u32 = 0x7fffffu;
-const F32_MAX: f32 = 3.40282347e38;
+// Written in hex: the decimal 3.40282347e38 rounds above f32::MAX, which
+// strict compilers (Tint) reject.
+const F32_MAX: f32 = 0x1.fffffep+127f;
 
 // 0: p = inf, 1: p = 1, 2: p = 2, 3: any other finite p (uses params.p).
 override NORM_KIND: u32 = 2u;

@@ -13,8 +13,16 @@ fn reduce_range(base: u32, count: u32, lix: u32) -> PowerSum {
     return workgroup_combine(lix, acc);
 }
 
+// NaN and infinity are built at run time: WGSL makes a constant expression
+// that evaluates to either a shader-creation error, and Tint enforces it.
 fn nan_f32() -> f32 {
-    return bitcast<f32>(0x7fc00000u);
+    let bits = 0x7fc00000u;
+    return bitcast<f32>(bits);
+}
+
+fn inf_f32() -> f32 {
+    let bits = 0x7f800000u;
+    return bitcast<f32>(bits);
 }
 
 fn norm_of(v: PowerSum) -> f32 {
@@ -22,7 +30,7 @@ fn norm_of(v: PowerSum) -> f32 {
         return nan_f32();
     }
     if ((v.flags & FLAG_INF) != 0u) {
-        return bitcast<f32>(0x7f800000u);
+        return inf_f32();
     }
     if (NORM_KIND == 0u) {
         return bitcast<f32>(u32(v.e));

@@ -40,8 +40,10 @@ pub(crate) struct Shared {
     pub finalize_layout: wgpu::BindGroupLayout,
     grad_pipeline_layout: wgpu::PipelineLayout,
     finalize_pipeline_layout: wgpu::PipelineLayout,
-    /// Bound to gradient slots a batch does not use.
+    /// Bound to gradient slots a batch does not use, one range per slot.
     pub dummy: wgpu::Buffer,
+    /// Bytes between the dummy ranges of consecutive slots.
+    pub dummy_stride: u64,
     modules: Mutex<HashMap<(Kernel, GradAccess), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
 }
@@ -170,9 +172,12 @@ impl GradClipper {
                 bind_group_layouts: &[Some(&finalize_layout)],
                 immediate_size: 0,
             });
+        // Unused slots get disjoint ranges of one buffer: WebGPU forbids two
+        // writable bindings of a dispatch to overlap.
+        let dummy_stride = u64::from(limits.min_storage_buffer_offset_alignment).max(16);
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgpu_gradclip.unused_slot"),
-            size: 16,
+            label: Some("wgpu_gradclip.unused_slots"),
+            size: u64::from(slots) * dummy_stride,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
@@ -189,6 +194,7 @@ impl GradClipper {
                 grad_pipeline_layout,
                 finalize_pipeline_layout,
                 dummy,
+                dummy_stride,
                 modules: Mutex::new(HashMap::new()),
                 pipelines: Mutex::new(HashMap::new()),
             }),

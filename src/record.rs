@@ -401,7 +401,11 @@ impl GradClipper {
                                 size: wgpu::BufferSize::new(w.size),
                             })
                         }
-                        None => shared.dummy.as_entire_binding(),
+                        None => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &shared.dummy,
+                            offset: u64::from(slot) * shared.dummy_stride,
+                            size: wgpu::BufferSize::new(16),
+                        }),
                     };
                     entries.push(wgpu::BindGroupEntry {
                         binding: FIRST_GRAD_BINDING + slot,
