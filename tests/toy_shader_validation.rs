@@ -5,7 +5,7 @@
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use wgpu_gradclip::toy::kernels::{
-    Kernel, LINEAR_TILE_FLOATS, MAX_ATTENTION_LEN, MAX_HEAD_DIM, MAX_LINEAR_ROWS, NONE,
+    Kernel, LINEAR_TILE, LINEAR_WORKGROUP_SIZE, MAX_ATTENTION_LEN, MAX_HEAD_DIM, NONE,
     WORKGROUP_SIZE,
 };
 
@@ -85,7 +85,8 @@ fn every_toy_shader_file_is_a_registered_kernel() {
         let source = std::fs::read_to_string(format!("{dir}/{name}")).expect("readable shader");
         assert!(source.starts_with("// "), "{name} must open with a line saying what it computes");
         if stem != "common" {
-            assert!(Kernel::ALL.iter().any(|k| k.name() == stem), "{name} is not in Kernel::ALL");
+            let known = Kernel::ALL.iter().any(|k| k.source().ends_with(&source));
+            assert!(known && Kernel::ALL.iter().any(|k| k.name() == stem), "{name} is not in Kernel::ALL");
         }
     }
 }
@@ -95,8 +96,10 @@ fn rust_constants_mirror_wgsl() {
     let common = Kernel::Linear.source();
     assert!(common.contains(&format!("const WG: u32 = {WORKGROUP_SIZE}u;")));
     assert!(common.contains(&format!("const NONE: u32 = 0x{NONE:x}u;")));
-    assert!(common.contains(&format!("const MAX_ROWS: u32 = {MAX_LINEAR_ROWS}u;")));
-    assert!(common.contains(&format!("const X_VEC4: u32 = {}u;", LINEAR_TILE_FLOATS / 4)));
+    assert!(common.contains(&format!("const TILE: u32 = {LINEAR_TILE}u;")));
+    assert!(common.contains(&format!("const LWG: u32 = {LINEAR_WORKGROUP_SIZE}u;")));
+    let gw = Kernel::LinearGradWeight.source();
+    assert!(gw.contains(&format!("const LWG: u32 = {LINEAR_WORKGROUP_SIZE}u;")));
     let attn = Kernel::Attention.source();
     assert!(attn.contains(&format!("const MAX_T: u32 = {MAX_ATTENTION_LEN}u;")));
     assert!(attn.contains(&format!("const MAX_DH: u32 = {MAX_HEAD_DIM}u;")));

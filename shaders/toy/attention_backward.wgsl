@@ -88,8 +88,10 @@ fn attention_backward(
     if lid < p.tq {
         // sum_j P[t, j] dP[t, j] equals dO[t] . O[t].
         var acc = 0.0;
+        // From memory: sh_do is still being filled by other invocations.
+        let row = (b * p.tq + lid) * p.o_rs + hc;
         for (var d = 0u; d < p.dh; d++) {
-            acc += sh_do[lid * p.dh + d] * mem[p.o_off + (b * p.tq + lid) * p.o_rs + hc + d];
+            acc += mem[p.do_off + row + d] * mem[p.o_off + row + d];
         }
         sh_rd[lid] = acc;
     }

@@ -28,6 +28,11 @@ struct RowMap {
 }
 
 fn row_at(map: RowMap, r: u32) -> u32 {
+    // Dense maps skip the division: CPU drivers run vector integer
+    // division one lane at a time.
+    if map.rpg == NONE {
+        return map.off + r * map.rstride;
+    }
     return map.off + (r / map.rpg) * map.gstride + (r % map.rpg) * map.rstride;
 }
 

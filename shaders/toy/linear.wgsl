@@ -1,209 +1,206 @@
-// linear: y = epilogue(prologue(x) · W^T), or y = epilogue(x · W) with a
-// transposed weight (the input gradient of a linear layer). Each workgroup
-// owns `rows` whole rows, so row-wise work fuses in: a LayerNorm prologue,
-// and epilogues for GELU, its derivative, a (tanh-gated) residual add, and
-// the LayerNorm backward. Inputs: x, W, optional gamma/beta/stats/res/add;
-// outputs: y and the saved tensors named below.
+// linear: y = epilogue(x · W^T), or y = epilogue(x · W) with a transposed
+// weight (the input gradient of a linear layer). Each invocation owns an
+// 8 x 8 tile of y held in 16 vec4 registers: per 4 steps of k it loads 8 x
+// vectors and 8 weight vectors and does 256 multiply-adds, because memory
+// loads, not arithmetic, bound CPU drivers (no private arrays either: they
+// would live in memory, and no workgroup barrier: it makes some drivers
+// run the whole kernel as coroutines). Epilogues fuse GELU, its
+// derivative, a (tanh-gated) residual add, or adding a second tensor.
 
 struct Params {
     x: RowMap,    // [m, k]  input rows
     y: RowMap,    // [m, n]  output rows
-    aux: RowMap,  // [m, n]  gelu: pre-activation; residual: branch; ln backward: d(ln output)
-    res: RowMap,  // [m, n]  residual added last (residual, ln backward)
-    ln_x: RowMap, // LN prologue: [m, k] LN output saved; ln backward: [m, n] the LN input
-    add: RowMap,  // [m, n]  ln backward: added to the product before the LN backward
+    aux: RowMap,  // [m, n]  gelu: pre-activation; residual: branch
+    res: RowMap,  // [m, n]  residual: added to the (gated) product
+    ln_x: RowMap, // unused
+    add: RowMap,  // [m, n]  store: added to the product
     m: u32,
-    n: u32,
-    k: u32,
-    rows: u32,      // rows per workgroup, <= MAX_ROWS, rows * k <= 4 * X_VEC4
-    w_off: u32,     // W as [n, k] (w_t = 0) or [k, n] (w_t = 1)
+    n: u32,       // a multiple of 8
+    k: u32,       // a multiple of 4
+    rows: u32,    // unused
+    w_off: u32,   // W as [n, k] (w_t = 0) or [k, n] (w_t = 1)
     w_t: u32,
     pro: u32,
     epi: u32,
     gate_off: u32,  // tanh gate parameter or NONE
-    gamma_off: u32, // LayerNorm weight [k] (prologue) or [n] (backward)
-    beta_off: u32,  // LayerNorm bias
-    stats_off: u32, // [m, 2] (mean, rstd)
+    gamma_off: u32, // unused
+    beta_off: u32,  // unused
+    stats_off: u32, // unused
     eps: f32,
     flags: u32,
     _pad0: u32,
     _pad1: u32,
 }
 
-const PRO_NONE: u32 = 0u;
-const PRO_LN: u32 = 1u;
 const PRO_GATE: u32 = 2u;
-const EPI_STORE: u32 = 0u;
 const EPI_GELU: u32 = 1u;
 const EPI_GELU_BWD: u32 = 2u;
 const EPI_RESIDUAL: u32 = 3u;
-const EPI_LN_BWD: u32 = 4u;
-const F_RES: u32 = 1u;
 const F_ADD: u32 = 2u;
 const F_ACCUM: u32 = 4u;
 const F_AUX: u32 = 8u;
-const F_LN_SAVE: u32 = 16u;
-const MAX_ROWS: u32 = 32u;
-const X_VEC4: u32 = 512u;
+const LWG: u32 = 64u;
+const TILE: u32 = 8u;
 
 @group(1) @binding(0) var<uniform> p: Params;
-
-var<workgroup> sh_x: array<vec4<f32>, X_VEC4>;
-var<workgroup> sh_a: array<f32, MAX_ROWS>;
-var<workgroup> sh_b: array<f32, MAX_ROWS>;
 
 fn has(flag: u32) -> bool {
     return (p.flags & flag) != 0u;
 }
 
-@compute @workgroup_size(WG)
-fn linear(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row0 = wg.x * p.rows;
-    let rows = min(p.rows, p.m - row0);
-    let k4 = p.k / 4u;
-    let n4 = p.n / 4u;
-
-    for (var i = lid; i < p.rows * k4; i += WG) {
-        let r = i / k4;
-        var v = vec4<f32>(0.0);
-        if r < rows {
-            v = mem4[row_at(p.x, row0 + r) / 4u + i % k4];
+fn epilogue1(r: u32, c: u32, v: f32) {
+    let yix = row_at(p.y, r) + c;
+    switch p.epi {
+        case EPI_GELU: {
+            mem[row_at(p.aux, r) + c] = v;
+            mem[yix] = gelu(v);
         }
-        if p.pro == PRO_GATE {
-            v *= gate_scale(p.gate_off);
+        case EPI_GELU_BWD: {
+            mem[yix] = v * gelu_grad(mem[row_at(p.aux, r) + c]);
         }
-        sh_x[i] = v;
-    }
-    workgroupBarrier();
-
-    if p.pro == PRO_LN {
-        if lid < rows {
-            var s = 0.0;
-            for (var kk = 0u; kk < k4; kk++) {
-                s += dot(sh_x[lid * k4 + kk], vec4<f32>(1.0));
+        case EPI_RESIDUAL: {
+            if has(F_AUX) {
+                mem[row_at(p.aux, r) + c] = v;
             }
-            let mean = s / f32(p.k);
-            var q = 0.0;
-            for (var kk = 0u; kk < k4; kk++) {
-                let d = sh_x[lid * k4 + kk] - mean;
-                q += dot(d, d);
-            }
-            // Biased variance, as torch.nn.LayerNorm.
-            let rstd = inverseSqrt(q / f32(p.k) + p.eps);
-            sh_a[lid] = mean;
-            sh_b[lid] = rstd;
-            mem[p.stats_off + 2u * (row0 + lid)] = mean;
-            mem[p.stats_off + 2u * (row0 + lid) + 1u] = rstd;
+            mem[yix] = mem[row_at(p.res, r) + c] + gate_scale(p.gate_off) * v;
         }
-        workgroupBarrier();
-        for (var i = lid; i < rows * k4; i += WG) {
-            let r = i / k4;
-            let kk = i % k4;
-            let v = (sh_x[i] - sh_a[r]) * sh_b[r] * mem4[p.gamma_off / 4u + kk]
-                + mem4[p.beta_off / 4u + kk];
-            sh_x[i] = v;
-            if has(F_LN_SAVE) {
-                mem4[row_at(p.ln_x, row0 + r) / 4u + kk] = v;
+        default: {
+            var out = v;
+            if has(F_ADD) {
+                out += mem[row_at(p.add, r) + c];
             }
-        }
-        workgroupBarrier();
-    }
-
-    for (var item = lid; item < rows * n4; item += WG) {
-        let r = item / n4;
-        let c4 = item % n4;
-        let xb = r * k4;
-        var acc = vec4<f32>(0.0);
-        if p.w_t == 0u {
-            // Output columns 4*c4 .. 4*c4+3 are rows of W: four dot products.
-            let w0 = p.w_off / 4u + 4u * c4 * k4;
-            for (var kk = 0u; kk < k4; kk++) {
-                let xv = sh_x[xb + kk];
-                acc += vec4<f32>(
-                    dot(xv, mem4[w0 + kk]),
-                    dot(xv, mem4[w0 + k4 + kk]),
-                    dot(xv, mem4[w0 + 2u * k4 + kk]),
-                    dot(xv, mem4[w0 + 3u * k4 + kk]),
-                );
+            if has(F_ACCUM) {
+                out += mem[yix];
             }
-        } else {
-            // W[kk, 4*c4 .. 4*c4+3] is one vec4; walk down four rows of W at a time.
-            let w0 = p.w_off / 4u + c4;
-            for (var kk = 0u; kk < k4; kk++) {
-                let xv = sh_x[xb + kk];
-                let wb = w0 + 4u * kk * n4;
-                acc += xv.x * mem4[wb] + xv.y * mem4[wb + n4] + xv.z * mem4[wb + 2u * n4]
-                    + xv.w * mem4[wb + 3u * n4];
-            }
-        }
-
-        let gr = row0 + r;
-        let yix = row_at(p.y, gr) / 4u + c4;
-        switch p.epi {
-            case EPI_GELU: {
-                mem4[row_at(p.aux, gr) / 4u + c4] = acc;
-                mem4[yix] = vec4<f32>(gelu(acc.x), gelu(acc.y), gelu(acc.z), gelu(acc.w));
-            }
-            case EPI_GELU_BWD: {
-                let u = mem4[row_at(p.aux, gr) / 4u + c4];
-                mem4[yix] = acc * vec4<f32>(gelu_grad(u.x), gelu_grad(u.y), gelu_grad(u.z),
-                    gelu_grad(u.w));
-            }
-            case EPI_RESIDUAL: {
-                if has(F_AUX) {
-                    mem4[row_at(p.aux, gr) / 4u + c4] = acc;
-                }
-                mem4[yix] = mem4[row_at(p.res, gr) / 4u + c4] + gate_scale(p.gate_off) * acc;
-            }
-            case EPI_LN_BWD: {
-                if has(F_ADD) {
-                    acc += mem4[row_at(p.add, gr) / 4u + c4];
-                }
-                mem4[row_at(p.aux, gr) / 4u + c4] = acc;
-            }
-            default: {
-                if has(F_ACCUM) {
-                    acc += mem4[yix];
-                }
-                mem4[yix] = acc;
-            }
+            mem[yix] = out;
         }
     }
+}
 
-    if p.epi != EPI_LN_BWD {
+// Row r, columns c0..c0+7 of the output.
+fn epilogue(r: u32, c0: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if r >= p.m {
         return;
     }
-    // LayerNorm backward: with g = dy * gamma and xh the normalised input,
-    // dx = rstd * (g - mean(g) - xh * mean(g * xh)), row by row.
-    storageBarrier();
-    if lid < rows {
-        let gr = row0 + lid;
-        let mean = mem[p.stats_off + 2u * gr];
-        let rstd = mem[p.stats_off + 2u * gr + 1u];
-        var s1 = 0.0;
-        var s2 = 0.0;
-        for (var c4 = 0u; c4 < n4; c4++) {
-            let g = mem4[row_at(p.aux, gr) / 4u + c4] * mem4[p.gamma_off / 4u + c4];
-            let xh = (mem4[row_at(p.ln_x, gr) / 4u + c4] - mean) * rstd;
-            s1 += dot(g, vec4<f32>(1.0));
-            s2 += dot(g, xh);
-        }
-        sh_a[lid] = s1 / f32(p.n);
-        sh_b[lid] = s2 / f32(p.n);
+    for (var j = 0u; j < 4u; j++) {
+        epilogue1(r, c0 + j, lo[j]);
+        epilogue1(r, c0 + 4u + j, hi[j]);
     }
-    workgroupBarrier();
-    for (var item = lid; item < rows * n4; item += WG) {
-        let r = item / n4;
-        let c4 = item % n4;
-        let gr = row0 + r;
-        let mean = mem[p.stats_off + 2u * gr];
-        let rstd = mem[p.stats_off + 2u * gr + 1u];
-        let g = mem4[row_at(p.aux, gr) / 4u + c4] * mem4[p.gamma_off / 4u + c4];
-        let xh = (mem4[row_at(p.ln_x, gr) / 4u + c4] - mean) * rstd;
-        var dx = rstd * (g - sh_a[r] - xh * sh_b[r]);
-        if has(F_RES) {
-            dx += mem4[row_at(p.res, gr) / 4u + c4];
-        }
-        mem4[row_at(p.y, gr) / 4u + c4] = dx;
+}
+
+@compute @workgroup_size(LWG)
+fn linear(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let nt = p.n / TILE;
+    let row0 = (gid.x / nt) * TILE;
+    let col0 = (gid.x % nt) * TILE;
+    if row0 >= p.m {
+        return;
     }
+    let last = p.m - 1u;
+    // Rows past m repeat the last row; their results are not stored.
+    let o0 = row_at(p.x, min(row0 + 0u, last)) / 4u;
+    let o1 = row_at(p.x, min(row0 + 1u, last)) / 4u;
+    let o2 = row_at(p.x, min(row0 + 2u, last)) / 4u;
+    let o3 = row_at(p.x, min(row0 + 3u, last)) / 4u;
+    let o4 = row_at(p.x, min(row0 + 4u, last)) / 4u;
+    let o5 = row_at(p.x, min(row0 + 5u, last)) / 4u;
+    let o6 = row_at(p.x, min(row0 + 6u, last)) / 4u;
+    let o7 = row_at(p.x, min(row0 + 7u, last)) / 4u;
+    var a0l = vec4<f32>(0.0);
+    var a0h = vec4<f32>(0.0);
+    var a1l = vec4<f32>(0.0);
+    var a1h = vec4<f32>(0.0);
+    var a2l = vec4<f32>(0.0);
+    var a2h = vec4<f32>(0.0);
+    var a3l = vec4<f32>(0.0);
+    var a3h = vec4<f32>(0.0);
+    var a4l = vec4<f32>(0.0);
+    var a4h = vec4<f32>(0.0);
+    var a5l = vec4<f32>(0.0);
+    var a5h = vec4<f32>(0.0);
+    var a6l = vec4<f32>(0.0);
+    var a6h = vec4<f32>(0.0);
+    var a7l = vec4<f32>(0.0);
+    var a7h = vec4<f32>(0.0);
+    let k4 = p.k / 4u;
+    if p.w_t == 0u {
+        // Columns of wl/wh are weight rows col0..col0+7, four k at a time.
+        let wb = (p.w_off + col0 * p.k) / 4u;
+        for (var kk = 0u; kk < k4; kk++) {
+            let wl = mat4x4<f32>(mem4[wb + kk], mem4[wb + k4 + kk], mem4[wb + 2u * k4 + kk],
+                mem4[wb + 3u * k4 + kk]);
+            let wh = mat4x4<f32>(mem4[wb + 4u * k4 + kk], mem4[wb + 5u * k4 + kk],
+                mem4[wb + 6u * k4 + kk], mem4[wb + 7u * k4 + kk]);
+            let x0 = mem4[o0 + kk];
+            a0l += x0 * wl;
+            a0h += x0 * wh;
+            let x1 = mem4[o1 + kk];
+            a1l += x1 * wl;
+            a1h += x1 * wh;
+            let x2 = mem4[o2 + kk];
+            a2l += x2 * wl;
+            a2h += x2 * wh;
+            let x3 = mem4[o3 + kk];
+            a3l += x3 * wl;
+            a3h += x3 * wh;
+            let x4 = mem4[o4 + kk];
+            a4l += x4 * wl;
+            a4h += x4 * wh;
+            let x5 = mem4[o5 + kk];
+            a5l += x5 * wl;
+            a5h += x5 * wh;
+            let x6 = mem4[o6 + kk];
+            a6l += x6 * wl;
+            a6h += x6 * wh;
+            let x7 = mem4[o7 + kk];
+            a7l += x7 * wl;
+            a7h += x7 * wh;
+        }
+    } else {
+        // Columns of ml/mh are weight rows 4kk..4kk+3 at columns col0..col0+7.
+        let n4 = p.n / 4u;
+        let wb = (p.w_off + col0) / 4u;
+        for (var kk = 0u; kk < k4; kk++) {
+            let b = wb + 4u * kk * n4;
+            let ml = mat4x4<f32>(mem4[b], mem4[b + n4], mem4[b + 2u * n4], mem4[b + 3u * n4]);
+            let mh = mat4x4<f32>(mem4[b + 1u], mem4[b + n4 + 1u], mem4[b + 2u * n4 + 1u],
+                mem4[b + 3u * n4 + 1u]);
+            let x0 = mem4[o0 + kk];
+            a0l += ml * x0;
+            a0h += mh * x0;
+            let x1 = mem4[o1 + kk];
+            a1l += ml * x1;
+            a1h += mh * x1;
+            let x2 = mem4[o2 + kk];
+            a2l += ml * x2;
+            a2h += mh * x2;
+            let x3 = mem4[o3 + kk];
+            a3l += ml * x3;
+            a3h += mh * x3;
+            let x4 = mem4[o4 + kk];
+            a4l += ml * x4;
+            a4h += mh * x4;
+            let x5 = mem4[o5 + kk];
+            a5l += ml * x5;
+            a5h += mh * x5;
+            let x6 = mem4[o6 + kk];
+            a6l += ml * x6;
+            a6h += mh * x6;
+            let x7 = mem4[o7 + kk];
+            a7l += ml * x7;
+            a7h += mh * x7;
+        }
+    }
+    var s = 1.0;
+    if p.pro == PRO_GATE {
+        s = gate_scale(p.gate_off);
+    }
+    epilogue(row0 + 0u, col0, a0l * s, a0h * s);
+    epilogue(row0 + 1u, col0, a1l * s, a1h * s);
+    epilogue(row0 + 2u, col0, a2l * s, a2h * s);
+    epilogue(row0 + 3u, col0, a3l * s, a3h * s);
+    epilogue(row0 + 4u, col0, a4l * s, a4h * s);
+    epilogue(row0 + 5u, col0, a5l * s, a5h * s);
+    epilogue(row0 + 6u, col0, a6l * s, a6h * s);
+    epilogue(row0 + 7u, col0, a7l * s, a7h * s);
 }

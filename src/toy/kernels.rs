@@ -31,10 +31,11 @@ pub const PARAMS_STRIDE: u64 = 256;
 pub const MAX_ATTENTION_LEN: u32 = 32;
 /// Largest attention head width; mirrors `MAX_DH`.
 pub const MAX_HEAD_DIM: u32 = 16;
-/// Most rows one [`Kernel::Linear`] workgroup holds; mirrors `MAX_ROWS`.
-pub const MAX_LINEAR_ROWS: u32 = 32;
-/// Floats of input rows one [`Kernel::Linear`] workgroup holds (`4 * X_VEC4`).
-pub const LINEAR_TILE_FLOATS: u32 = 2048;
+/// Side of the output tile one [`Kernel::Linear`] invocation computes;
+/// mirrors `TILE`.
+pub const LINEAR_TILE: u32 = 8;
+/// Invocations per workgroup of the two matmul kernels; mirrors `LWG`.
+pub const LINEAR_WORKGROUP_SIZE: u32 = 64;
 
 const COMMON: &str = include_str!("../../shaders/toy/common.wgsl");
 
@@ -42,12 +43,14 @@ const COMMON: &str = include_str!("../../shaders/toy/common.wgsl");
 /// with one entry point of the same name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// `linear.wgsl`: matmul with fused LayerNorm / GELU / residual / LN-backward.
+    /// `linear.wgsl`: matmul with fused GELU / residual / add.
     Linear,
     /// `linear_grad_weight.wgsl`: dW = dy^T x.
     LinearGradWeight,
     /// `layer_norm.wgsl`: standalone LayerNorm forward.
     LayerNorm,
+    /// `layer_norm_backward.wgsl`: LayerNorm input gradient.
+    LayerNormBackward,
     /// `layer_norm_grad_params.wgsl`: LayerNorm weight and bias gradients.
     LayerNormGradParams,
     /// `attention.wgsl`: the three attention variants, forward.
@@ -74,8 +77,9 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, for pipeline creation and the validation test.
-    pub const ALL: [Kernel; 14] = [
+    pub const ALL: [Kernel; 15] = [
         Kernel::Linear,
+        Kernel::LayerNormBackward,
         Kernel::LinearGradWeight,
         Kernel::LayerNorm,
         Kernel::LayerNormGradParams,
@@ -95,6 +99,7 @@ impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Linear => "linear",
+            Kernel::LayerNormBackward => "layer_norm_backward",
             Kernel::LinearGradWeight => "linear_grad_weight",
             Kernel::LayerNorm => "layer_norm",
             Kernel::LayerNormGradParams => "layer_norm_grad_params",
@@ -114,6 +119,7 @@ impl Kernel {
     fn body(self) -> &'static str {
         match self {
             Kernel::Linear => include_str!("../../shaders/toy/linear.wgsl"),
+            Kernel::LayerNormBackward => include_str!("../../shaders/toy/layer_norm_backward.wgsl"),
             Kernel::LinearGradWeight => include_str!("../../shaders/toy/linear_grad_weight.wgsl"),
             Kernel::LayerNorm => include_str!("../../shaders/toy/layer_norm.wgsl"),
             Kernel::LayerNormGradParams => {
@@ -181,15 +187,12 @@ impl RowMap {
     }
 }
 
-/// What a [`LinearParams`] does to its input rows before the product.
+/// What a [`LinearParams`] does to the product before the epilogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Prologue {
-    /// Use `x` as it is.
+    /// Nothing.
     None = 0,
-    /// LayerNorm each row with `gamma`/`beta`, saving stats (and the output
-    /// to `ln_x` when [`linear_flags::LN_SAVE`] is set).
-    LayerNorm = 1,
     /// Multiply by `tanh(gate)`: the gradient entering a gated branch.
     Gate = 2,
 }
@@ -198,7 +201,8 @@ pub enum Prologue {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Epilogue {
-    /// `y = acc` (or `y += acc` with [`linear_flags::ACCUM`]).
+    /// `y = acc`, plus `add` with [`linear_flags::ADD`], plus the old `y`
+    /// with [`linear_flags::ACCUM`].
     Store = 0,
     /// `aux = acc; y = gelu(acc)`.
     Gelu = 1,
@@ -207,23 +211,16 @@ pub enum Epilogue {
     /// `y = res + tanh(gate) * acc` (gate 1 when `gate_off` is NONE);
     /// `aux = acc` with [`linear_flags::AUX`].
     Residual = 3,
-    /// `aux = acc (+ add)`, then the LayerNorm backward of `aux` through
-    /// the LN whose input was `ln_x`, plus `res`, into `y`.
-    LayerNormBackward = 4,
 }
 
 /// Bits of [`LinearParams::flags`].
 pub mod linear_flags {
-    /// Add `res` to the output (LayerNorm backward epilogue).
-    pub const RES: u32 = 1;
-    /// Add `add` before the LayerNorm backward.
+    /// Add `add` to the output (store epilogue).
     pub const ADD: u32 = 2;
     /// Accumulate into `y` (store epilogue).
     pub const ACCUM: u32 = 4;
     /// Save the branch output to `aux` (residual epilogue).
     pub const AUX: u32 = 8;
-    /// Save the LayerNorm prologue's output to `ln_x`.
-    pub const LN_SAVE: u32 = 16;
 }
 
 /// Twin of `Params` in `linear.wgsl`.
@@ -289,10 +286,6 @@ impl LinearParams {
         Self { w_t: 1, ..Self::new(m, k, n, x, w_off, y) }
     }
 
-    /// Rows per workgroup: as many as fit the tile, at most [`MAX_LINEAR_ROWS`].
-    fn rows_per_workgroup(&self) -> u32 {
-        (LINEAR_TILE_FLOATS / self.k.max(1)).clamp(1, MAX_LINEAR_ROWS)
-    }
 }
 
 /// Twin of `Params` in `linear_grad_weight.wgsl`.
@@ -326,6 +319,22 @@ pub struct LayerNormParams {
     pub _pad: [u32; 2],
 }
 const _: () = assert!(std::mem::size_of::<LayerNormParams>() == 64);
+
+/// Twin of `Params` in `layer_norm_backward.wgsl`.
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[repr(C)]
+pub struct LayerNormBackwardParams {
+    pub dy: RowMap,
+    pub x: RowMap,
+    pub dx: RowMap,
+    /// Added to `dx`; [`RowMap::none`] for no residual.
+    pub res: RowMap,
+    pub m: u32,
+    pub n: u32,
+    pub gamma_off: u32,
+    pub stats_off: u32,
+}
+const _: () = assert!(std::mem::size_of::<LayerNormBackwardParams>() == 80);
 
 /// Twin of `Params` in `layer_norm_grad_params.wgsl`.
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -586,18 +595,25 @@ impl Dispatch {
         Self { kernel, params: bytemuck::bytes_of(params).to_vec(), grid }
     }
 
-    /// A [`Kernel::Linear`] launch; fills in `rows`.
-    pub fn linear(mut p: LinearParams) -> Self {
-        p.rows = p.rows_per_workgroup();
-        debug_assert!(p.x.vec4_aligned() && p.y.vec4_aligned() && p.aux.vec4_aligned());
-        debug_assert!(p.res.vec4_aligned() && p.ln_x.vec4_aligned() && p.add.vec4_aligned());
-        debug_assert!(p.n % 4 == 0 && p.k % 4 == 0 && p.w_off % 4 == 0);
-        Self::new(Kernel::Linear, &p, [p.m.div_ceil(p.rows).max(1), 1])
+    /// A [`Kernel::Linear`] launch. `n` must be a multiple of 8, `k` of 4,
+    /// and `x` rows and `w_off` 4-aligned.
+    pub fn linear(p: LinearParams) -> Self {
+        debug_assert!(p.x.vec4_aligned() && p.n % LINEAR_TILE == 0 && p.k % 4 == 0);
+        debug_assert!(p.w_off % 4 == 0);
+        let tiles = p.m.div_ceil(LINEAR_TILE) * (p.n / LINEAR_TILE);
+        Self::new(Kernel::Linear, &p, [tiles.div_ceil(LINEAR_WORKGROUP_SIZE).max(1), 1])
+    }
+
+    /// A [`Kernel::LayerNormBackward`] launch.
+    pub fn layer_norm_backward(p: LayerNormBackwardParams) -> Self {
+        Self::new(Kernel::LayerNormBackward, &p, grid_1d(p.m))
     }
 
     /// A [`Kernel::LinearGradWeight`] launch.
     pub fn linear_grad_weight(p: LinearGradWeightParams) -> Self {
-        Self::new(Kernel::LinearGradWeight, &p, grid_1d(p.n / 4 * (p.k / 4)))
+        debug_assert!(p.n % LINEAR_TILE == 0 && p.k % LINEAR_TILE == 0);
+        let tiles = (p.n / LINEAR_TILE) * (p.k / LINEAR_TILE);
+        Self::new(Kernel::LinearGradWeight, &p, [tiles.div_ceil(LINEAR_WORKGROUP_SIZE).max(1), 1])
     }
 
     /// A [`Kernel::LayerNorm`] launch.
@@ -721,10 +737,16 @@ impl Kernels {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut pipelines = HashMap::new();
         for kernel in Kernel::ALL {
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.name()),
                 source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
-            });
+            };
+            let module = match std::env::var("TOY_CHECKS").ok().as_deref() {
+                Some("none") => unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) },
+                Some("bounds") => unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks { bounds_checks: true, ..wgpu::ShaderRuntimeChecks::unchecked() }) },
+                Some("loops") => unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks { force_loop_bounding: true, ..wgpu::ShaderRuntimeChecks::unchecked() }) },
+                _ => device.create_shader_module(desc),
+            };
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(kernel.name()),
                 layout: Some(&layout),

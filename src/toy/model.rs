@@ -7,10 +7,29 @@ use super::data::{Rng, END_OF_CHUNK, IMAGE};
 use super::kernels::{
     AdamWParams, AttentionBackwardParams, AttentionMask, AttentionParams, CrossEntropyParams,
     Dispatch, EmbeddingBackwardParams, EmbeddingParams, Epilogue, GateBackwardParams,
-    GatherRowsParams, LayerNormGradParams, LayerNormParams, LinearGradWeightParams, LinearParams,
+    GatherRowsParams, LayerNormBackwardParams, LayerNormGradParams, LayerNormParams, LinearGradWeightParams, LinearParams,
     Prologue, RowMap, SumRowsParams, VisionEmbedParams, MAX_ATTENTION_LEN, MAX_HEAD_DIM, NONE,
 };
 use super::{linear_flags, ToyConfig, ToyError};
+
+/// `LayerNorm(x)` into `ln_out` (with stats), then `y = ln_out W^T`: the
+/// LayerNorm output is saved anyway for the backward pass.
+#[allow(clippy::too_many_arguments)]
+fn ln_linear(
+    b: &mut Builder<'_>,
+    rows: u32,
+    k: u32,
+    n: u32,
+    x: RowMap,
+    w_off: u32,
+    y: RowMap,
+    ln: Ln,
+    stats: u32,
+    ln_out: u32,
+) -> LinearParams {
+    b.layer_norm(rows, x, RowMap::dense(ln_out, k), stats, ln);
+    LinearParams::new(rows, k, n, RowMap::dense(ln_out, k), w_off, y)
+}
 
 /// Which parameters a stage trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -589,13 +608,7 @@ impl<'m> Builder<'m> {
         let ln1 = self.take(rows * dm);
         let ln1_stats = self.take(rows * 2);
         let qkv = self.take(rows * 3 * dm);
-        let mut p = LinearParams::new(rows, dm, 3 * dm, x_in, w.wqkv, dense(qkv, 3 * dm));
-        p.pro = Prologue::LayerNorm as u32;
-        p.gamma_off = w.ln1.g;
-        p.beta_off = w.ln1.b;
-        p.stats_off = ln1_stats;
-        p.ln_x = dense(ln1, dm);
-        p.flags = linear_flags::LN_SAVE;
+        let p = ln_linear(self, rows, dm, 3 * dm, x_in, w.wqkv, dense(qkv, 3 * dm), Ln { g: w.ln1.g, b: w.ln1.b }, ln1_stats, ln1);
         self.ops.push(Dispatch::linear(p));
 
         let ctx = self.take(rows * dm);
@@ -623,13 +636,7 @@ impl<'m> Builder<'m> {
         let ln2_stats = self.take(rows * 2);
         let u = self.take(rows * f);
         let act = self.take(rows * f);
-        let mut p = LinearParams::new(rows, dm, f, dense(x_mid, dm), w.w1, dense(act, f));
-        p.pro = Prologue::LayerNorm as u32;
-        p.gamma_off = w.ln2.g;
-        p.beta_off = w.ln2.b;
-        p.stats_off = ln2_stats;
-        p.ln_x = dense(ln2, dm);
-        p.flags = linear_flags::LN_SAVE;
+        let mut p = ln_linear(self, rows, dm, f, dense(x_mid, dm), w.w1, dense(act, f), Ln { g: w.ln2.g, b: w.ln2.b }, ln2_stats, ln2);
         p.epi = Epilogue::Gelu as u32;
         p.aux = dense(u, f);
         self.ops.push(Dispatch::linear(p));
@@ -681,8 +688,8 @@ impl<'m> Builder<'m> {
         dx_in
     }
 
-    /// `y = LN_backward(x W (+ add)) + res` where the layer's input was
-    /// LayerNorm(`ln_x`); saves d(LN output) to `dln`.
+    /// `dln = x W (+ add)`, then `y = LN_backward(dln) + res` where the
+    /// layer's input was LayerNorm(`ln_x`).
     #[allow(clippy::too_many_arguments)]
     fn ln_backward_linear(
         &mut self,
@@ -699,21 +706,22 @@ impl<'m> Builder<'m> {
         add: Option<RowMap>,
     ) {
         let dm = self.model.dims.d;
-        let mut p = LinearParams::transposed(rows, k, dm, x, w_off, dense(y, dm));
-        p.epi = Epilogue::LayerNormBackward as u32;
-        p.aux = dense(dln, dm);
-        p.ln_x = ln_x;
-        p.stats_off = stats;
-        p.gamma_off = ln.g;
-        if let Some(res) = res {
-            p.res = res;
-            p.flags |= linear_flags::RES;
-        }
+        let mut p = LinearParams::transposed(rows, k, dm, x, w_off, dense(dln, dm));
         if let Some(add) = add {
             p.add = add;
             p.flags |= linear_flags::ADD;
         }
         self.ops.push(Dispatch::linear(p));
+        self.ops.push(Dispatch::layer_norm_backward(LayerNormBackwardParams {
+            dy: dense(dln, dm),
+            x: ln_x,
+            dx: dense(y, dm),
+            res: res.unwrap_or_else(RowMap::none),
+            m: rows,
+            n: dm,
+            gamma_off: ln.g,
+            stats_off: stats,
+        }));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -861,13 +869,7 @@ impl Builder<'_> {
             let ff_stats = self.take(s * l * 2);
             let u = self.take(s * l * f);
             let act = self.take(s * l * f);
-            let mut p = LinearParams::new(s * l, dm, f, dense(lat_mid, dm), w.w1, dense(act, f));
-            p.pro = Prologue::LayerNorm as u32;
-            p.gamma_off = w.ff_ln.g;
-            p.beta_off = w.ff_ln.b;
-            p.stats_off = ff_stats;
-            p.ln_x = dense(ff_ln, dm);
-            p.flags = linear_flags::LN_SAVE;
+            let mut p = ln_linear(self, s * l, dm, f, dense(lat_mid, dm), w.w1, dense(act, f), Ln { g: w.ff_ln.g, b: w.ff_ln.b }, ff_stats, ff_ln);
             p.epi = Epilogue::Gelu as u32;
             p.aux = dense(u, f);
             self.ops.push(Dispatch::linear(p));
@@ -910,13 +912,7 @@ impl Builder<'_> {
         let ln = self.take(m * dm);
         let ln_stats = self.take(m * 2);
         let q = self.take(m * dm);
-        let mut p = LinearParams::new(m, dm, dm, dense(x_in, dm), w.wq, dense(q, dm));
-        p.pro = Prologue::LayerNorm as u32;
-        p.gamma_off = w.ln.g;
-        p.beta_off = w.ln.b;
-        p.stats_off = ln_stats;
-        p.ln_x = dense(ln, dm);
-        p.flags = linear_flags::LN_SAVE;
+        let p = ln_linear(self, m, dm, dm, dense(x_in, dm), w.wq, dense(q, dm), Ln { g: w.ln.g, b: w.ln.b }, ln_stats, ln);
         self.ops.push(Dispatch::linear(p));
         let ctx = self.take(m * dm);
         let probs = self.take(d.b * d.h * d.t * d.ni * d.l);
@@ -945,13 +941,7 @@ impl Builder<'_> {
         let ff_stats = self.take(m * 2);
         let u = self.take(m * f);
         let act = self.take(m * f);
-        let mut p = LinearParams::new(m, dm, f, dense(x_a, dm), w.w1, dense(act, f));
-        p.pro = Prologue::LayerNorm as u32;
-        p.gamma_off = w.ff_ln.g;
-        p.beta_off = w.ff_ln.b;
-        p.stats_off = ff_stats;
-        p.ln_x = dense(ff_ln, dm);
-        p.flags = linear_flags::LN_SAVE;
+        let mut p = ln_linear(self, m, dm, f, dense(x_a, dm), w.w1, dense(act, f), Ln { g: w.ff_ln.g, b: w.ff_ln.b }, ff_stats, ff_ln);
         p.epi = Epilogue::Gelu as u32;
         p.aux = dense(u, f);
         self.ops.push(Dispatch::linear(p));
@@ -1115,13 +1105,7 @@ impl Builder<'_> {
         let lnf = self.take(m * dm);
         let lnf_stats = self.take(m * 2);
         let logits = self.take(m * d.v);
-        let mut p = LinearParams::new(m, dm, d.v, dense(x, dm), md.head, dense(logits, d.v));
-        p.pro = Prologue::LayerNorm as u32;
-        p.gamma_off = md.norm_f.g;
-        p.beta_off = md.norm_f.b;
-        p.stats_off = lnf_stats;
-        p.ln_x = dense(lnf, dm);
-        p.flags = linear_flags::LN_SAVE;
+        let p = ln_linear(&mut self, m, dm, d.v, dense(x, dm), md.head, dense(logits, d.v), Ln { g: md.norm_f.g, b: md.norm_f.b }, lnf_stats, lnf);
         self.ops.push(Dispatch::linear(p));
         let forward = std::mem::take(&mut self.ops);
 
