@@ -23,8 +23,14 @@ fn linear_forward_backward_and_epilogues_match_f64() {
     let aux_in = randn(5, m * k, 1.5);
     let gate = [0.7f32];
     let mut a = Arena::default();
-    let (xo, wo, dyo, reso, auxo, go) =
-        (a.put(&x), a.put(&w), a.put(&dy), a.put(&res), a.put(&aux_in), a.put(&gate));
+    let (xo, wo, dyo, reso, auxo, go) = (
+        a.put(&x),
+        a.put(&w),
+        a.put(&dy),
+        a.put(&res),
+        a.put(&aux_in),
+        a.put(&gate),
+    );
     let y_store = a.zeros(m * n);
     let (y_gelu, u_gelu) = (a.zeros(m * n), a.zeros(m * n));
     let (y_res, branch) = (a.zeros(m * n), a.zeros(m * n));
@@ -36,7 +42,14 @@ fn linear_forward_backward_and_epilogues_match_f64() {
     let (mu, ku, nu) = (m as u32, k as u32, n as u32);
     let d = |off, w| RowMap::dense(off, w);
 
-    let mut ops = vec![Dispatch::linear(LinearParams::new(mu, ku, nu, d(xo, ku), wo, d(y_store, nu)))];
+    let mut ops = vec![Dispatch::linear(LinearParams::new(
+        mu,
+        ku,
+        nu,
+        d(xo, ku),
+        wo,
+        d(y_store, nu),
+    ))];
     let mut p = LinearParams::new(mu, ku, nu, d(xo, ku), wo, d(y_gelu, nu));
     p.epi = Epilogue::Gelu as u32;
     p.aux = d(u_gelu, nu);
@@ -48,7 +61,14 @@ fn linear_forward_backward_and_epilogues_match_f64() {
     p.aux = d(branch, nu);
     p.flags = linear_flags::AUX;
     ops.push(Dispatch::linear(p));
-    ops.push(Dispatch::linear(LinearParams::transposed(mu, nu, ku, d(dyo, nu), wo, d(dx, ku))));
+    ops.push(Dispatch::linear(LinearParams::transposed(
+        mu,
+        nu,
+        ku,
+        d(dyo, nu),
+        wo,
+        d(dx, ku),
+    )));
     let mut p = LinearParams::transposed(mu, nu, ku, d(dyo, nu), wo, d(dx_gelu, ku));
     p.epi = Epilogue::GeluBackward as u32;
     p.aux = d(auxo, ku);
@@ -81,14 +101,34 @@ fn linear_forward_backward_and_epilogues_match_f64() {
         }
     }
     assert_close("x W^T", slice(&out, y_store, m * n), &u, 1e-5, 1e-5);
-    assert_close("gelu pre-activation", slice(&out, u_gelu, m * n), &u, 1e-5, 1e-5);
+    assert_close(
+        "gelu pre-activation",
+        slice(&out, u_gelu, m * n),
+        &u,
+        1e-5,
+        1e-5,
+    );
     let ge: Vec<f64> = u.iter().map(|&v| gelu(v)).collect();
     assert_close("gelu", slice(&out, y_gelu, m * n), &ge, 1e-5, 1e-6);
     let yr: Vec<f64> = (0..m * n).map(|i| f64::from(res[i]) + s * u[i]).collect();
     assert_close("gated residual", slice(&out, y_res, m * n), &yr, 1e-5, 1e-5);
-    assert_close("gated residual branch", slice(&out, branch, m * n), &u, 1e-5, 1e-5);
-    let ya: Vec<f64> = (0..m * n).map(|i| s * u[i] + f64::from(res[i]) + f64::from(acc_old[i])).collect();
-    assert_close("gate prologue + add + accumulate", slice(&out, y_acc, m * n), &ya, 1e-5, 1e-5);
+    assert_close(
+        "gated residual branch",
+        slice(&out, branch, m * n),
+        &u,
+        1e-5,
+        1e-5,
+    );
+    let ya: Vec<f64> = (0..m * n)
+        .map(|i| s * u[i] + f64::from(res[i]) + f64::from(acc_old[i]))
+        .collect();
+    assert_close(
+        "gate prologue + add + accumulate",
+        slice(&out, y_acc, m * n),
+        &ya,
+        1e-5,
+        1e-5,
+    );
 
     // The input gradient of sum(dy * (x W^T)) is dy W; check it by
     // finite differences of that f64 loss.
@@ -110,7 +150,13 @@ fn linear_forward_backward_and_epilogues_match_f64() {
             want_dx[i] * (gelu(a + h) - gelu(a - h)) / (2.0 * h)
         })
         .collect();
-    assert_close("dx * gelu'(u)", slice(&out, dx_gelu, m * k), &want_gelu_bwd, 1e-4, 1e-5);
+    assert_close(
+        "dx * gelu'(u)",
+        slice(&out, dx_gelu, m * k),
+        &want_gelu_bwd,
+        1e-4,
+        1e-5,
+    );
     let want_dw = numeric_grad(&w64, |ws: &[f64]| {
         let mut l = 0.0;
         for r in 0..m {
@@ -120,7 +166,13 @@ fn linear_forward_backward_and_epilogues_match_f64() {
         }
         s * l
     });
-    assert_close("dW = tanh(g) dy^T x", slice(&out, dw, n * k), &want_dw, 1e-4, 1e-5);
+    assert_close(
+        "dW = tanh(g) dy^T x",
+        slice(&out, dw, n * k),
+        &want_dw,
+        1e-4,
+        1e-5,
+    );
 }
 
 #[test]
@@ -133,8 +185,20 @@ fn layer_norm_forward_backward_and_param_grads_match_finite_differences() {
     let dy = randn(13, m * n, 1.0);
     let res = randn(14, m * n, 1.0);
     let mut a = Arena::default();
-    let (xo, go, bo, dyo, reso) = (a.put(&x), a.put(&gamma), a.put(&beta), a.put(&dy), a.put(&res));
-    let (y, stats, dx, dg, db) = (a.zeros(m * n), a.zeros(2 * m), a.zeros(m * n), a.zeros(n), a.zeros(n));
+    let (xo, go, bo, dyo, reso) = (
+        a.put(&x),
+        a.put(&gamma),
+        a.put(&beta),
+        a.put(&dy),
+        a.put(&res),
+    );
+    let (y, stats, dx, dg, db) = (
+        a.zeros(m * n),
+        a.zeros(2 * m),
+        a.zeros(m * n),
+        a.zeros(n),
+        a.zeros(n),
+    );
     let (mu, nu) = (m as u32, n as u32);
     let d = |off| RowMap::dense(off, nu);
     let ops = [
@@ -173,22 +237,60 @@ fn layer_norm_forward_backward_and_param_grads_match_finite_differences() {
     ];
     let out = g.run(&a, &[], &ops);
     let (x64, g64, b64, dy64) = (to64(&x), to64(&gamma), to64(&beta), to64(&dy));
-    assert_close("layer norm", slice(&out, y, m * n), &layer_norm(&x64, n, &g64, &b64), 1e-5, 1e-5);
+    assert_close(
+        "layer norm",
+        slice(&out, y, m * n),
+        &layer_norm(&x64, n, &g64, &b64),
+        1e-5,
+        1e-5,
+    );
     let loss = |xs: &[f64], gs: &[f64], bs: &[f64]| -> f64 {
-        layer_norm(xs, n, gs, bs).iter().zip(&dy64).map(|(a, b)| a * b).sum()
+        layer_norm(xs, n, gs, bs)
+            .iter()
+            .zip(&dy64)
+            .map(|(a, b)| a * b)
+            .sum()
     };
     let mut want_dx = numeric_grad(&x64, |xs| loss(xs, &g64, &b64));
     for (w, r) in want_dx.iter_mut().zip(&res) {
         *w += f64::from(*r);
     }
-    assert_close("layer norm dx + residual", slice(&out, dx, m * n), &want_dx, 1e-4, 1e-4);
-    assert_close("dgamma", slice(&out, dg, n), &numeric_grad(&g64, |gs| loss(&x64, gs, &b64)), 1e-4, 1e-4);
-    assert_close("dbeta", slice(&out, db, n), &numeric_grad(&b64, |bs| loss(&x64, &g64, bs)), 1e-4, 1e-4);
+    assert_close(
+        "layer norm dx + residual",
+        slice(&out, dx, m * n),
+        &want_dx,
+        1e-4,
+        1e-4,
+    );
+    assert_close(
+        "dgamma",
+        slice(&out, dg, n),
+        &numeric_grad(&g64, |gs| loss(&x64, gs, &b64)),
+        1e-4,
+        1e-4,
+    );
+    assert_close(
+        "dbeta",
+        slice(&out, db, n),
+        &numeric_grad(&b64, |bs| loss(&x64, &g64, bs)),
+        1e-4,
+        1e-4,
+    );
 }
 
 /// f64 attention over one head: q [tq, dh], k/v [tk, dh]; `allowed(t, j)`;
 /// rows with `zero_row(t)` output 0.
-fn attention64(q: &[f64], k: &[f64], v: &[f64], tq: usize, tk: usize, dh: usize, allowed: &dyn Fn(usize, usize) -> bool, zero_row: &dyn Fn(usize) -> bool) -> Vec<f64> {
+#[allow(clippy::too_many_arguments)]
+fn attention64(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    tq: usize,
+    tk: usize,
+    dh: usize,
+    allowed: &dyn Fn(usize, usize) -> bool,
+    zero_row: &dyn Fn(usize) -> bool,
+) -> Vec<f64> {
     let scale = 1.0 / (dh as f64).sqrt();
     let mut o = vec![0.0; tq * dh];
     for t in 0..tq {
@@ -196,7 +298,13 @@ fn attention64(q: &[f64], k: &[f64], v: &[f64], tq: usize, tk: usize, dh: usize,
             continue;
         }
         let s: Vec<f64> = (0..tk)
-            .map(|j| if allowed(t, j) { (0..dh).map(|d| q[t * dh + d] * k[j * dh + d]).sum::<f64>() * scale } else { f64::NEG_INFINITY })
+            .map(|j| {
+                if allowed(t, j) {
+                    (0..dh).map(|d| q[t * dh + d] * k[j * dh + d]).sum::<f64>() * scale
+                } else {
+                    f64::NEG_INFINITY
+                }
+            })
             .collect();
         let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = s.iter().map(|&x| (x - mx).exp()).collect();
@@ -262,23 +370,39 @@ fn check_attention(case: AttnCase) {
         latents: case.latents as u32,
     };
     let bwd = AttentionBackwardParams::of(&fwd, doo, dq, dkv, dkv + width as u32);
-    let ops = [Dispatch::attention(fwd, b as u32), Dispatch::attention_backward(bwd, b as u32)];
+    let ops = [
+        Dispatch::attention(fwd, b as u32),
+        Dispatch::attention_backward(bwd, b as u32),
+    ];
     let out = g.run(&a, &case.ints, &ops);
 
     let forward = |qs: &[f64], kvs: &[f64]| -> Vec<f64> {
         let mut o = vec![0.0; b * tq * width];
         for bi in 0..b {
             for h in 0..heads {
-                let qh: Vec<f64> = (0..tq * dh).map(|i| qs[(bi * tq + i / dh) * width + h * dh + i % dh]).collect();
+                let qh: Vec<f64> = (0..tq * dh)
+                    .map(|i| qs[(bi * tq + i / dh) * width + h * dh + i % dh])
+                    .collect();
                 let row = |j: usize, base: usize| -> Vec<f64> {
                     match (case.key_row)(bi, j) {
-                        Some(r) => (0..dh).map(|d| kvs[r * 2 * width + base + h * dh + d]).collect(),
+                        Some(r) => (0..dh)
+                            .map(|d| kvs[r * 2 * width + base + h * dh + d])
+                            .collect(),
                         None => vec![0.0; dh],
                     }
                 };
                 let kh: Vec<f64> = (0..tk).flat_map(|j| row(j, 0)).collect();
                 let vh: Vec<f64> = (0..tk).flat_map(|j| row(j, width)).collect();
-                let oh = attention64(&qh, &kh, &vh, tq, tk, dh, &|t, j| (case.allowed)(bi, t, j), &|t| (case.zero_row)(bi, t));
+                let oh = attention64(
+                    &qh,
+                    &kh,
+                    &vh,
+                    tq,
+                    tk,
+                    dh,
+                    &|t, j| (case.allowed)(bi, t, j),
+                    &|t| (case.zero_row)(bi, t),
+                );
                 for i in 0..tq * dh {
                     o[(bi * tq + i / dh) * width + h * dh + i % dh] = oh[i];
                 }
@@ -287,12 +411,36 @@ fn check_attention(case: AttnCase) {
         o
     };
     let (q64, kv64, do64) = (to64(&q), to64(&kv), to64(&d_o));
-    assert_close(&format!("{} output", case.name), slice(&out, o, b * tq * width), &forward(&q64, &kv64), 1e-5, 1e-5);
-    let loss = |qs: &[f64], kvs: &[f64]| forward(qs, kvs).iter().zip(&do64).map(|(a, b)| a * b).sum::<f64>();
-    assert_close(&format!("{} dq", case.name), slice(&out, dq, b * tq * width), &numeric_grad(&q64, |qs| loss(qs, &kv64)), 1e-4, 1e-5);
+    assert_close(
+        &format!("{} output", case.name),
+        slice(&out, o, b * tq * width),
+        &forward(&q64, &kv64),
+        1e-5,
+        1e-5,
+    );
+    let loss = |qs: &[f64], kvs: &[f64]| {
+        forward(qs, kvs)
+            .iter()
+            .zip(&do64)
+            .map(|(a, b)| a * b)
+            .sum::<f64>()
+    };
+    assert_close(
+        &format!("{} dq", case.name),
+        slice(&out, dq, b * tq * width),
+        &numeric_grad(&q64, |qs| loss(qs, &kv64)),
+        1e-4,
+        1e-5,
+    );
     // Only key rows some sequence uses get a gradient written.
     let want_dkv = numeric_grad(&kv64, |kvs| loss(&q64, kvs));
-    assert_close(&format!("{} dk dv", case.name), slice(&out, dkv, case.kv_rows * 2 * width), &want_dkv, 1e-4, 1e-5);
+    assert_close(
+        &format!("{} dk dv", case.name),
+        slice(&out, dkv, case.kv_rows * 2 * width),
+        &want_dkv,
+        1e-4,
+        1e-5,
+    );
 }
 
 #[test]
@@ -366,7 +514,9 @@ fn media_masked_cross_attention_matches_finite_differences() {
             (s != NONE).then(|| s as usize * l + j % l)
         }),
         kv_rows: 3 * l,
-        allowed: Box::new(move |bi, t, j| time[bi][t] as usize == j / l + 1 && slots[bi][j / l] != NONE),
+        allowed: Box::new(move |bi, t, j| {
+            time[bi][t] as usize == j / l + 1 && slots[bi][j / l] != NONE
+        }),
         zero_row: Box::new(move |bi, t| time[bi][t] == 0),
     });
 }
@@ -388,7 +538,11 @@ fn tanh_gate_gradient_matches_f64() {
         grad_off: gg,
     })];
     let out = g.run(&a, &[], &ops);
-    let sum: f64 = dy.iter().zip(&f).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+    let sum: f64 = dy
+        .iter()
+        .zip(&f)
+        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+        .sum();
     let gate = f64::from(-0.4f32);
     let h = 1e-6;
     let want = sum * ((gate + h).tanh() - (gate - h).tanh()) / (2.0 * h);
@@ -405,7 +559,11 @@ fn embedding_gather_and_masked_scatter_match_cpu() {
     let dx = randn(42, m * n, 1.0);
     let mut a = Arena::default();
     let (wteo, wpeo, dxo) = (a.put(&wte), a.put(&wpe), a.put(&dx));
-    let (x, dw_masked, dw_all) = (a.zeros(m * n), a.put(&vec![9.0; vocab * n]), a.zeros(vocab * n));
+    let (x, dw_masked, dw_all) = (
+        a.zeros(m * n),
+        a.put(&vec![9.0; vocab * n]),
+        a.zeros(vocab * n),
+    );
     let bwd = |dwte_off, all: bool| EmbeddingBackwardParams {
         tok_off: 0,
         m: m as u32,
@@ -418,13 +576,25 @@ fn embedding_gather_and_masked_scatter_match_cpu() {
         allowed: [2, 3, 0, 0],
     };
     let ops = [
-        Dispatch::embedding(EmbeddingParams { tok_off: 0, m: m as u32, n: n as u32, t: t as u32, wte_off: wteo, wpe_off: wpeo, x_off: x, vocab: vocab as u32 }),
+        Dispatch::embedding(EmbeddingParams {
+            tok_off: 0,
+            m: m as u32,
+            n: n as u32,
+            t: t as u32,
+            wte_off: wteo,
+            wpe_off: wpeo,
+            x_off: x,
+            vocab: vocab as u32,
+        }),
         Dispatch::embedding_backward(bwd(dw_masked, false), vocab as u32),
         Dispatch::embedding_backward(bwd(dw_all, true), vocab as u32),
     ];
     let out = g.run(&a, &tokens, &ops);
     let want_x: Vec<f64> = (0..m * n)
-        .map(|i| f64::from(wte[tokens[i / n] as usize * n + i % n]) + f64::from(wpe[(i / n % t) * n + i % n]))
+        .map(|i| {
+            f64::from(wte[tokens[i / n] as usize * n + i % n])
+                + f64::from(wpe[(i / n % t) * n + i % n])
+        })
         .collect();
     assert_close("embedding", slice(&out, x, m * n), &want_x, 1e-6, 1e-6);
     let scatter = |allowed: &dyn Fn(u32) -> bool| -> Vec<f64> {
@@ -439,8 +609,20 @@ fn embedding_gather_and_masked_scatter_match_cpu() {
         w
     };
     // Masked rows come out exactly 0, whatever was there before.
-    assert_close("masked scatter", slice(&out, dw_masked, vocab * n), &scatter(&|v| v == 2 || v == 3), 1e-6, 0.0);
-    assert_close("full scatter", slice(&out, dw_all, vocab * n), &scatter(&|_| true), 1e-6, 1e-6);
+    assert_close(
+        "masked scatter",
+        slice(&out, dw_masked, vocab * n),
+        &scatter(&|v| v == 2 || v == 3),
+        1e-6,
+        0.0,
+    );
+    assert_close(
+        "full scatter",
+        slice(&out, dw_all, vocab * n),
+        &scatter(&|_| true),
+        1e-6,
+        1e-6,
+    );
 }
 
 #[test]
@@ -478,7 +660,13 @@ fn cross_entropy_with_ignored_rows_matches_finite_differences() {
     let want: Vec<f64> = (0..m).map(|r| row_loss(&l64, r)).collect();
     assert_close("per-row loss", slice(&out, loss, m), &want, 1e-5, 1e-6);
     let mean = |ls: &[f64]| (0..m).map(|r| row_loss(ls, r)).sum::<f64>() / f64::from(valid);
-    assert_close("dlogits", slice(&out, dl, m * v), &numeric_grad(&l64, mean), 1e-4, 1e-6);
+    assert_close(
+        "dlogits",
+        slice(&out, dl, m * v),
+        &numeric_grad(&l64, mean),
+        1e-4,
+        1e-6,
+    );
 }
 
 #[test]
@@ -492,16 +680,39 @@ fn adamw_matches_f64_over_three_steps() {
     let po = a.put(&p0);
     let go = a.zeros(n);
     let (mo, vo) = (a.zeros(n), a.zeros(n));
-    let params = AdamWParams { n: n as u32, p_off: po, g_off: go, m_off: mo, v_off: vo, decay_from, step_off: 0, _pad: 0, beta1: b1, beta2: b2, eps, weight_decay: wd };
+    let params = AdamWParams {
+        n: n as u32,
+        p_off: po,
+        g_off: go,
+        m_off: mo,
+        v_off: vo,
+        decay_from,
+        step_off: 0,
+        _pad: 0,
+        beta1: b1,
+        beta2: b2,
+        eps,
+        weight_decay: wd,
+    };
     let mut mem = a.data.clone();
     for (t, gr) in grads.iter().enumerate() {
         mem[go as usize..go as usize + n].copy_from_slice(gr);
         let step = t as i32 + 1;
-        let ints = [lr.to_bits(), (1.0 - b1.powi(step)).to_bits(), (1.0 - b2.powi(step)).to_bits()];
+        let ints = [
+            lr.to_bits(),
+            (1.0 - b1.powi(step)).to_bits(),
+            (1.0 - b2.powi(step)).to_bits(),
+        ];
         mem = g.run(&Arena { data: mem }, &ints, &[Dispatch::adamw(params)]);
     }
     let (mut p, mut m, mut v) = (to64(&p0), vec![0.0; n], vec![0.0; n]);
-    let (b1, b2, eps, wd, lr) = (f64::from(b1), f64::from(b2), f64::from(eps), f64::from(wd), f64::from(lr));
+    let (b1, b2, eps, wd, lr) = (
+        f64::from(b1),
+        f64::from(b2),
+        f64::from(eps),
+        f64::from(wd),
+        f64::from(lr),
+    );
     for (t, gr) in grads.iter().enumerate() {
         for i in 0..n {
             let gi = f64::from(gr[i]);

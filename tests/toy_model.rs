@@ -14,7 +14,11 @@ fn trainer(config: ToyConfig) -> Trainer {
 }
 
 fn tensor(all: &[(String, Vec<usize>, Vec<f32>)], name: &str) -> Vec<f32> {
-    all.iter().find(|t| t.0 == name).unwrap_or_else(|| panic!("no tensor {name}")).2.clone()
+    all.iter()
+        .find(|t| t.0 == name)
+        .unwrap_or_else(|| panic!("no tensor {name}"))
+        .2
+        .clone()
 }
 
 #[test]
@@ -65,7 +69,8 @@ fn whole_model_gradients_match_finite_differences() {
                 v[i] = value[i] - h;
                 tr.write_params(&[(name.to_string(), v)]).unwrap();
                 let down = tr.loss_and_grads(0).await.unwrap();
-                tr.write_params(&[(name.to_string(), value.clone())]).unwrap();
+                tr.write_params(&[(name.to_string(), value.clone())])
+                    .unwrap();
                 let numeric = (up - down) / (2.0 * h);
                 let analytic = grad[i];
                 assert!(
@@ -81,9 +86,20 @@ fn whole_model_gradients_match_finite_differences() {
 
 #[test]
 fn training_lowers_the_loss_keeps_frozen_weights_and_clipping_changes_the_update() {
-    let config = ToyConfig { pretrain_steps: 120, pretrain_lr: 5e-3, steps: 120, lr: 3e-3, warmup: 10, max_norm: 0.01, ..ToyConfig::tiny() };
+    let config = ToyConfig {
+        pretrain_steps: 120,
+        pretrain_lr: 5e-3,
+        steps: 120,
+        lr: 3e-3,
+        warmup: 10,
+        max_norm: 0.01,
+        ..ToyConfig::tiny()
+    };
     let run = |clip: ClipChoice| {
-        let mut tr = trainer(ToyConfig { clip, ..config.clone() });
+        let mut tr = trainer(ToyConfig {
+            clip,
+            ..config.clone()
+        });
         pollster::block_on(async {
             for _ in 0..config.pretrain_steps {
                 tr.pretrain_step().await.unwrap();
@@ -106,8 +122,15 @@ fn training_lowers_the_loss_keeps_frozen_weights_and_clipping_changes_the_update
     let (tr, before, after, losses, min_coefficient) = run(ClipChoice::PerGroup);
     let first: f32 = losses[..3].iter().sum::<f32>() / 3.0;
     let last: f32 = losses[losses.len() - 3..].iter().sum::<f32>() / 3.0;
-    assert!(last < 0.75 * first, "loss fell only from {first} to {last}: {losses:?}");
-    assert!(min_coefficient < 1.0, "clipping never fired at max_norm {}", config.max_norm);
+    assert!(
+        last < 0.75 * first,
+        "loss fell only from {first} to {last}: {losses:?}"
+    );
+    assert!(
+        min_coefficient < 1.0,
+        "clipping never fired at max_norm {}",
+        config.max_norm
+    );
 
     let model = tr.model();
     let wte = "lang_encoder.transformer.wte.weight";

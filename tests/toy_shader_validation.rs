@@ -23,13 +23,19 @@ fn check_module(name: &str, source: &str, entry: &str) {
         .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
         .map(|(_, g)| module.types[g.ty].inner.size(module.to_ctx()))
         .sum();
-    assert!(shared <= 16384, "{name}: {shared} bytes of workgroup memory");
+    assert!(
+        shared <= 16384,
+        "{name}: {shared} bytes of workgroup memory"
+    );
 
     spv::write_vec(
         &module,
         &info,
         &spv::Options::default(),
-        Some(&spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: entry.into() }),
+        Some(&spv::PipelineOptions {
+            shader_stage: naga::ShaderStage::Compute,
+            entry_point: entry.into(),
+        }),
     )
     .unwrap_or_else(|e| panic!("{name}: SPIR-V: {e}"));
 
@@ -45,8 +51,9 @@ fn check_module(name: &str, source: &str, entry: &str) {
     .unwrap_or_else(|e| panic!("{name}: MSL: {e}"));
 
     let mut hlsl_out = String::new();
-    let hlsl_pipeline =
-        hlsl::PipelineOptions { entry_point: Some((naga::ShaderStage::Compute, entry.into())) };
+    let hlsl_pipeline = hlsl::PipelineOptions {
+        entry_point: Some((naga::ShaderStage::Compute, entry.into())),
+    };
     hlsl::Writer::new(&mut hlsl_out, &hlsl::Options::default(), &hlsl_pipeline)
         .write(&module, &info, None)
         .unwrap_or_else(|e| panic!("{name}: HLSL: {e}"));
@@ -80,13 +87,23 @@ fn toy_kernels_validate_and_translate_everywhere() {
 fn every_toy_shader_file_is_a_registered_kernel() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/toy");
     for entry in std::fs::read_dir(dir).expect("shaders/toy exists") {
-        let name = entry.expect("readable entry").file_name().into_string().expect("utf-8 name");
+        let name = entry
+            .expect("readable entry")
+            .file_name()
+            .into_string()
+            .expect("utf-8 name");
         let stem = name.strip_suffix(".wgsl").expect("only .wgsl files");
         let source = std::fs::read_to_string(format!("{dir}/{name}")).expect("readable shader");
-        assert!(source.starts_with("// "), "{name} must open with a line saying what it computes");
+        assert!(
+            source.starts_with("// "),
+            "{name} must open with a line saying what it computes"
+        );
         if stem != "common" {
             let known = Kernel::ALL.iter().any(|k| k.source().ends_with(&source));
-            assert!(known && Kernel::ALL.iter().any(|k| k.name() == stem), "{name} is not in Kernel::ALL");
+            assert!(
+                known && Kernel::ALL.iter().any(|k| k.name() == stem),
+                "{name} is not in Kernel::ALL"
+            );
         }
     }
 }

@@ -37,7 +37,7 @@ impl Rng {
 
     /// Uniform in 0..n (n > 0).
     pub fn below(&mut self, n: u32) -> u32 {
-        ((self.next_u64() >> 32) * u64::from(n) >> 32) as u32
+        (((self.next_u64() >> 32) * u64::from(n)) >> 32) as u32
     }
 
     /// Standard normal (Box-Muller).
@@ -115,7 +115,10 @@ pub fn token_id(word: &str) -> Option<u32> {
 
 /// Text of token ids, space separated.
 pub fn detokenize(ids: &[u32]) -> String {
-    ids.iter().map(|&i| VOCAB.get(i as usize).copied().unwrap_or("<?>")).collect::<Vec<_>>().join(" ")
+    ids.iter()
+        .map(|&i| VOCAB.get(i as usize).copied().unwrap_or("<?>"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// What one image shows.
@@ -275,5 +278,8 @@ pub fn sequence(pool: &ImagePool, images: &[u32]) -> Sequence {
         tokens.push(END_OF_CHUNK);
     }
     tokens.push(EOS);
-    Sequence { tokens, images: images.to_vec() }
+    Sequence {
+        tokens,
+        images: images.to_vec(),
+    }
 }

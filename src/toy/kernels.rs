@@ -164,17 +164,32 @@ pub struct RowMap {
 impl RowMap {
     /// Rows of `width` elements packed one after another from `off`.
     pub fn dense(off: u32, width: u32) -> Self {
-        Self { off, gstride: 0, rpg: u32::MAX, rstride: width }
+        Self {
+            off,
+            gstride: 0,
+            rpg: u32::MAX,
+            rstride: width,
+        }
     }
 
     /// Groups of `rpg` rows, `rstride` apart, each group `gstride` apart.
     pub fn grouped(off: u32, rpg: u32, gstride: u32, rstride: u32) -> Self {
-        Self { off, gstride, rpg, rstride }
+        Self {
+            off,
+            gstride,
+            rpg,
+            rstride,
+        }
     }
 
     /// An absent tensor (its kernel must not touch it).
     pub fn none() -> Self {
-        Self { off: NONE, gstride: 0, rpg: u32::MAX, rstride: 0 }
+        Self {
+            off: NONE,
+            gstride: 0,
+            rpg: u32::MAX,
+            rstride: 0,
+        }
     }
 
     /// Element offset of row `r`, as the kernels compute it.
@@ -183,7 +198,10 @@ impl RowMap {
     }
 
     fn vec4_aligned(&self) -> bool {
-        self.off == NONE || (self.off % 4 == 0 && self.gstride % 4 == 0 && self.rstride % 4 == 0)
+        self.off == NONE
+            || (self.off.is_multiple_of(4)
+                && self.gstride.is_multiple_of(4)
+                && self.rstride.is_multiple_of(4))
     }
 }
 
@@ -283,9 +301,11 @@ impl LinearParams {
     /// `y = x W` for `x: [m, k]` and `W: [k, n]` stored at `w_off`: the
     /// input gradient of a layer whose weight is `[k, n]` (PyTorch layout).
     pub fn transposed(m: u32, k: u32, n: u32, x: RowMap, w_off: u32, y: RowMap) -> Self {
-        Self { w_t: 1, ..Self::new(m, k, n, x, w_off, y) }
+        Self {
+            w_t: 1,
+            ..Self::new(m, k, n, x, w_off, y)
+        }
     }
-
 }
 
 /// Twin of `Params` in `linear_grad_weight.wgsl`.
@@ -592,16 +612,26 @@ fn grid_1d(threads: u32) -> [u32; 2] {
 
 impl Dispatch {
     fn new<P: Pod>(kernel: Kernel, params: &P, grid: [u32; 2]) -> Self {
-        Self { kernel, params: bytemuck::bytes_of(params).to_vec(), grid }
+        Self {
+            kernel,
+            params: bytemuck::bytes_of(params).to_vec(),
+            grid,
+        }
     }
 
     /// A [`Kernel::Linear`] launch. `n` must be a multiple of 8, `k` of 4,
     /// and `x` rows and `w_off` 4-aligned.
     pub fn linear(p: LinearParams) -> Self {
-        debug_assert!(p.x.vec4_aligned() && p.n % LINEAR_TILE == 0 && p.k % 4 == 0);
-        debug_assert!(p.w_off % 4 == 0);
+        debug_assert!(
+            p.x.vec4_aligned() && p.n.is_multiple_of(LINEAR_TILE) && p.k.is_multiple_of(4)
+        );
+        debug_assert!(p.w_off.is_multiple_of(4));
         let tiles = p.m.div_ceil(LINEAR_TILE) * (p.n / LINEAR_TILE);
-        Self::new(Kernel::Linear, &p, [tiles.div_ceil(LINEAR_WORKGROUP_SIZE).max(1), 1])
+        Self::new(
+            Kernel::Linear,
+            &p,
+            [tiles.div_ceil(LINEAR_WORKGROUP_SIZE).max(1), 1],
+        )
     }
 
     /// A [`Kernel::LayerNormBackward`] launch.
@@ -611,9 +641,13 @@ impl Dispatch {
 
     /// A [`Kernel::LinearGradWeight`] launch.
     pub fn linear_grad_weight(p: LinearGradWeightParams) -> Self {
-        debug_assert!(p.n % LINEAR_TILE == 0 && p.k % LINEAR_TILE == 0);
+        debug_assert!(p.n.is_multiple_of(LINEAR_TILE) && p.k.is_multiple_of(LINEAR_TILE));
         let tiles = (p.n / LINEAR_TILE) * (p.k / LINEAR_TILE);
-        Self::new(Kernel::LinearGradWeight, &p, [tiles.div_ceil(LINEAR_WORKGROUP_SIZE).max(1), 1])
+        Self::new(
+            Kernel::LinearGradWeight,
+            &p,
+            [tiles.div_ceil(LINEAR_WORKGROUP_SIZE).max(1), 1],
+        )
     }
 
     /// A [`Kernel::LayerNorm`] launch.
@@ -742,9 +776,28 @@ impl Kernels {
                 source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
             };
             let module = match std::env::var("TOY_CHECKS").ok().as_deref() {
-                Some("none") => unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) },
-                Some("bounds") => unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks { bounds_checks: true, ..wgpu::ShaderRuntimeChecks::unchecked() }) },
-                Some("loops") => unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks { force_loop_bounding: true, ..wgpu::ShaderRuntimeChecks::unchecked() }) },
+                Some("none") => unsafe {
+                    device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                },
+                Some("bounds") => unsafe {
+                    device.create_shader_module_trusted(
+                        desc,
+                        wgpu::ShaderRuntimeChecks {
+                            bounds_checks: true,
+                            ..wgpu::ShaderRuntimeChecks::unchecked()
+                        },
+                    )
+                },
+                Some("loops") => unsafe {
+                    device.create_shader_module_trusted(
+                        desc,
+                        wgpu::ShaderRuntimeChecks {
+                            force_loop_bounding: true,
+                            ..wgpu::ShaderRuntimeChecks::unchecked()
+                        },
+                    )
+                },
                 _ => device.create_shader_module(desc),
             };
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -761,7 +814,12 @@ impl Kernels {
         if let Some(err) = scope.pop().await {
             return Err(ToyError::Device(err.to_string()));
         }
-        Ok(Self { device: device.clone(), storage_layout, params_layout, pipelines })
+        Ok(Self {
+            device: device.clone(),
+            storage_layout,
+            params_layout,
+            pipelines,
+        })
     }
 
     /// The device the kernels were built for.
@@ -786,7 +844,7 @@ impl Memory {
     /// storage binding.
     pub fn new(kernels: &Kernels, floats: u64, words: u64) -> Result<Self, ToyError> {
         let device = &kernels.device;
-        let max = u64::from(device.limits().max_storage_buffer_binding_size);
+        let max = device.limits().max_storage_buffer_binding_size;
         let bytes = (floats.max(4) * 4).next_multiple_of(16);
         if bytes > max {
             return Err(ToyError::Device(format!(
@@ -812,12 +870,25 @@ impl Memory {
             label: Some("wgpu_gradclip.toy.storage"),
             layout: &kernels.storage_layout,
             entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: mem.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: mem.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 2, resource: ints.as_entire_binding() },
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: mem.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: mem.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: ints.as_entire_binding(),
+                },
             ],
         });
-        Ok(Self { mem, ints, bind_group })
+        Ok(Self {
+            mem,
+            ints,
+            bind_group,
+        })
     }
 }
 
@@ -836,24 +907,31 @@ impl Program {
             let at = i * PARAMS_STRIDE as usize;
             blocks[at..at + d.params.len()].copy_from_slice(&d.params);
         }
-        let buffer = kernels.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("wgpu_gradclip.toy.params"),
-            contents: &blocks,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let params_bind_group = kernels.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("wgpu_gradclip.toy.params"),
-            layout: &kernels.params_layout,
-            entries: &[wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &buffer,
-                    offset: 0,
-                    size: wgpu::BufferSize::new(PARAMS_STRIDE),
-                }),
-            }],
-        });
-        Self { dispatches: dispatches.iter().map(|d| (d.kernel, d.grid)).collect(), params_bind_group }
+        let buffer = kernels
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("wgpu_gradclip.toy.params"),
+                contents: &blocks,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let params_bind_group = kernels
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("wgpu_gradclip.toy.params"),
+                layout: &kernels.params_layout,
+                entries: &[wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &buffer,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(PARAMS_STRIDE),
+                    }),
+                }],
+            });
+        Self {
+            dispatches: dispatches.iter().map(|d| (d.kernel, d.grid)).collect(),
+            params_bind_group,
+        }
     }
 
     /// Number of compute dispatches [`Program::record`] issues.
@@ -878,7 +956,11 @@ impl Program {
         pass.set_bind_group(0, &memory.bind_group, &[]);
         for (i, (kernel, grid)) in self.dispatches.iter().enumerate() {
             pass.set_pipeline(&kernels.pipelines[kernel]);
-            pass.set_bind_group(1, &self.params_bind_group, &[(i as u64 * PARAMS_STRIDE) as u32]);
+            pass.set_bind_group(
+                1,
+                &self.params_bind_group,
+                &[(i as u64 * PARAMS_STRIDE) as u32],
+            );
             pass.dispatch_workgroups(grid[0], grid[1], 1);
         }
     }

@@ -186,7 +186,11 @@ impl ToyConfig {
         if self.train_images < 2 || self.eval_images < 2 {
             return bad("train_images and eval_images must be at least 2");
         }
-        if !(self.lr.is_finite() && self.lr >= 0.0 && self.pretrain_lr.is_finite() && self.pretrain_lr >= 0.0) {
+        if !(self.lr.is_finite()
+            && self.lr >= 0.0
+            && self.pretrain_lr.is_finite()
+            && self.pretrain_lr >= 0.0)
+        {
             return bad("learning rates must be finite and >= 0");
         }
         if !(self.max_norm.is_finite() && self.max_norm > 0.0) {

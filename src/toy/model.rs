@@ -7,8 +7,9 @@ use super::data::{Rng, END_OF_CHUNK, IMAGE};
 use super::kernels::{
     AdamWParams, AttentionBackwardParams, AttentionMask, AttentionParams, CrossEntropyParams,
     Dispatch, EmbeddingBackwardParams, EmbeddingParams, Epilogue, GateBackwardParams,
-    GatherRowsParams, LayerNormBackwardParams, LayerNormGradParams, LayerNormParams, LinearGradWeightParams, LinearParams,
-    Prologue, RowMap, SumRowsParams, VisionEmbedParams, MAX_ATTENTION_LEN, MAX_HEAD_DIM, NONE,
+    GatherRowsParams, LayerNormBackwardParams, LayerNormGradParams, LayerNormParams,
+    LinearGradWeightParams, LinearParams, Prologue, RowMap, SumRowsParams, VisionEmbedParams,
+    MAX_ATTENTION_LEN, MAX_HEAD_DIM, NONE,
 };
 use super::{linear_flags, ToyConfig, ToyError};
 
@@ -183,7 +184,17 @@ impl IntsLayout {
         let feat = slot + d.b * d.ni;
         let valid = feat + d.s;
         let step = valid + 1;
-        Self { tok, tgt, time, len, slot, feat, valid, step, total: step + 3 }
+        Self {
+            tok,
+            tgt,
+            time,
+            len,
+            slot,
+            feat,
+            valid,
+            step,
+            total: step + 3,
+        }
     }
 }
 
@@ -223,7 +234,6 @@ pub struct Model {
     pub(crate) adam_v: u32,
     /// Cached vision features: [images, patches, d].
     pub(crate) feats: u32,
-    pub(crate) feat_images: u32,
     pub(crate) ints: IntsLayout,
     pub(crate) alloc: Alloc,
 }
@@ -293,16 +303,27 @@ impl Model {
 
         let mut alloc = Alloc::default();
         let mut params = Vec::new();
-        let mut reg = Registry { alloc: &mut alloc, params: &mut params, group: None };
+        let mut reg = Registry {
+            alloc: &mut alloc,
+            params: &mut params,
+            group: None,
+        };
 
         // Frozen vision encoder: random but fixed by the seed. Positions are
         // as strong as the patch signal, so that where a shape sits survives
         // into the features (the Perceiver itself is order-blind).
         let ve = "vision_encoder";
-        let vision_conv =
-            reg.add(format!("{ve}.conv1.weight"), &[d, 3, patch, patch], Init::Normal(1.0 / (pd as f32).sqrt()));
+        let vision_conv = reg.add(
+            format!("{ve}.conv1.weight"),
+            &[d, 3, patch, patch],
+            Init::Normal(1.0 / (pd as f32).sqrt()),
+        );
         let vision_cls = reg.add(format!("{ve}.class_embedding"), &[d], Init::Normal(1.0));
-        let vision_pos = reg.add(format!("{ve}.positional_embedding"), &[p + 1, d], Init::Normal(1.0));
+        let vision_pos = reg.add(
+            format!("{ve}.positional_embedding"),
+            &[p + 1, d],
+            Init::Normal(1.0),
+        );
         let vision_ln_pre = reg.ln(&format!("{ve}.ln_pre"), d);
         let std_d = 1.0 / (d as f32).sqrt();
         let vision_blocks = (0..config.vision_layers as usize)
@@ -310,10 +331,22 @@ impl Model {
                 let pre = format!("{ve}.transformer.resblocks.{i}");
                 Block {
                     ln1: reg.ln(&format!("{pre}.ln_1"), d),
-                    wqkv: reg.add(format!("{pre}.attn.in_proj_weight"), &[3 * d, d], Init::Normal(std_d)),
-                    wo: reg.add(format!("{pre}.attn.out_proj.weight"), &[d, d], Init::Normal(std_d)),
+                    wqkv: reg.add(
+                        format!("{pre}.attn.in_proj_weight"),
+                        &[3 * d, d],
+                        Init::Normal(std_d),
+                    ),
+                    wo: reg.add(
+                        format!("{pre}.attn.out_proj.weight"),
+                        &[d, d],
+                        Init::Normal(std_d),
+                    ),
                     ln2: reg.ln(&format!("{pre}.ln_2"), d),
-                    w1: reg.add(format!("{pre}.mlp.c_fc.weight"), &[f, d], Init::Normal(std_d)),
+                    w1: reg.add(
+                        format!("{pre}.mlp.c_fc.weight"),
+                        &[f, d],
+                        Init::Normal(std_d),
+                    ),
                     w2: reg.add(
                         format!("{pre}.mlp.c_proj.weight"),
                         &[d, f],
@@ -334,18 +367,38 @@ impl Model {
                 let pre = format!("{lt}.blocks.{i}");
                 Block {
                     ln1: reg.ln(&format!("{pre}.norm_1"), d),
-                    wqkv: reg.add(format!("{pre}.attn.Wqkv.weight"), &[3 * d, d], Init::Normal(0.02)),
-                    wo: reg.add(format!("{pre}.attn.out_proj.weight"), &[d, d], Init::Normal(resid_std)),
+                    wqkv: reg.add(
+                        format!("{pre}.attn.Wqkv.weight"),
+                        &[3 * d, d],
+                        Init::Normal(0.02),
+                    ),
+                    wo: reg.add(
+                        format!("{pre}.attn.out_proj.weight"),
+                        &[d, d],
+                        Init::Normal(resid_std),
+                    ),
                     ln2: reg.ln(&format!("{pre}.norm_2"), d),
-                    w1: reg.add(format!("{pre}.ffn.up_proj.weight"), &[f, d], Init::Normal(0.02)),
-                    w2: reg.add(format!("{pre}.ffn.down_proj.weight"), &[d, f], Init::Normal(resid_std)),
+                    w1: reg.add(
+                        format!("{pre}.ffn.up_proj.weight"),
+                        &[f, d],
+                        Init::Normal(0.02),
+                    ),
+                    w2: reg.add(
+                        format!("{pre}.ffn.down_proj.weight"),
+                        &[d, f],
+                        Init::Normal(resid_std),
+                    ),
                 }
             })
             .collect();
         let norm_f = reg.ln(&format!("{lt}.norm_f"), d);
         // A wide head init gives the frozen head logit margins that the
         // Flamingo stage can use; at 0.02 its loss stalls near 0.4.
-        let head = reg.add("lang_encoder.lm_head.weight", &[v, d], Init::Normal(config.head_init_std));
+        let head = reg.add(
+            "lang_encoder.lm_head.weight",
+            &[v, d],
+            Init::Normal(config.head_init_std),
+        );
 
         let wte_start = reg.alloc.next;
         reg.group = Some("input_embeddings".into());
@@ -410,8 +463,7 @@ impl Model {
         let grads = alloc.take(trainable);
         let adam_m = alloc.take(trainable);
         let adam_v = alloc.take(trainable);
-        let feat_images = config.train_images + config.eval_images;
-        let feats = alloc.take(feat_images * dims.p * dims.d);
+        let feats = alloc.take((config.train_images + config.eval_images) * dims.p * dims.d);
         Ok(Self {
             ints: IntsLayout::new(&dims),
             dims,
@@ -440,7 +492,6 @@ impl Model {
             adam_m,
             adam_v,
             feats,
-            feat_images,
             alloc,
         })
     }
@@ -481,7 +532,11 @@ impl Model {
     /// Number of parameters that `stage` trains (the embedding counts whole).
     pub fn trainable_count(&self, stage: Stage) -> u32 {
         let (a, b) = self.trainable(stage);
-        self.params.iter().filter(|p| p.off >= a && p.off < b).map(|p| p.len()).sum()
+        self.params
+            .iter()
+            .filter(|p| p.off >= a && p.off < b)
+            .map(|p| p.len())
+            .sum()
     }
 }
 
@@ -491,7 +546,6 @@ pub(crate) struct BlockActs {
     x_in: RowMap,
     ln1: u32,
     ln1_stats: u32,
-    qkv: u32,
     attn: AttentionParams,
     ctx: u32,
     x_mid: u32,
@@ -507,8 +561,6 @@ pub(crate) struct CrossActs {
     x_in: u32,
     ln: u32,
     ln_stats: u32,
-    q: u32,
-    kv: u32,
     attn: AttentionParams,
     ctx: u32,
     branch_a: u32,
@@ -527,8 +579,6 @@ pub(crate) struct PerceiverActs {
     media_stats: u32,
     lat_stats: u32,
     kvin: u32,
-    q: u32,
-    kv: u32,
     attn: AttentionParams,
     ctx: u32,
     lat_mid: u32,
@@ -567,7 +617,11 @@ fn dense(off: u32, width: u32) -> RowMap {
 
 impl<'m> Builder<'m> {
     pub fn new(model: &'m Model, alloc_from: u32) -> Self {
-        Self { model, alloc: Alloc { next: alloc_from }, ops: Vec::new() }
+        Self {
+            model,
+            alloc: Alloc { next: alloc_from },
+            ops: Vec::new(),
+        }
     }
 
     fn take(&mut self, n: u32) -> u32 {
@@ -601,14 +655,35 @@ impl<'m> Builder<'m> {
     }
 
     /// A pre-LN transformer block over `batch` sequences of `t` tokens.
-    pub fn block_forward(&mut self, w: &Block, x_in: RowMap, batch: u32, t: u32, mask: AttentionMask) -> BlockActs {
+    pub fn block_forward(
+        &mut self,
+        w: &Block,
+        x_in: RowMap,
+        batch: u32,
+        t: u32,
+        mask: AttentionMask,
+    ) -> BlockActs {
         let d = self.model.dims;
         let (dm, f) = (d.d, d.f);
         let rows = batch * t;
         let ln1 = self.take(rows * dm);
         let ln1_stats = self.take(rows * 2);
         let qkv = self.take(rows * 3 * dm);
-        let p = ln_linear(self, rows, dm, 3 * dm, x_in, w.wqkv, dense(qkv, 3 * dm), Ln { g: w.ln1.g, b: w.ln1.b }, ln1_stats, ln1);
+        let p = ln_linear(
+            self,
+            rows,
+            dm,
+            3 * dm,
+            x_in,
+            w.wqkv,
+            dense(qkv, 3 * dm),
+            Ln {
+                g: w.ln1.g,
+                b: w.ln1.b,
+            },
+            ln1_stats,
+            ln1,
+        );
         self.ops.push(Dispatch::linear(p));
 
         let ctx = self.take(rows * dm);
@@ -636,7 +711,21 @@ impl<'m> Builder<'m> {
         let ln2_stats = self.take(rows * 2);
         let u = self.take(rows * f);
         let act = self.take(rows * f);
-        let mut p = ln_linear(self, rows, dm, f, dense(x_mid, dm), w.w1, dense(act, f), Ln { g: w.ln2.g, b: w.ln2.b }, ln2_stats, ln2);
+        let mut p = ln_linear(
+            self,
+            rows,
+            dm,
+            f,
+            dense(x_mid, dm),
+            w.w1,
+            dense(act, f),
+            Ln {
+                g: w.ln2.g,
+                b: w.ln2.b,
+            },
+            ln2_stats,
+            ln2,
+        );
         p.epi = Epilogue::Gelu as u32;
         p.aux = dense(u, f);
         self.ops.push(Dispatch::linear(p));
@@ -646,12 +735,32 @@ impl<'m> Builder<'m> {
         p.epi = Epilogue::Residual as u32;
         p.res = dense(x_mid, dm);
         self.ops.push(Dispatch::linear(p));
-        BlockActs { x_in, ln1, ln1_stats, qkv, attn: a, ctx, x_mid, ln2, ln2_stats, u, a: act, x_out }
+        BlockActs {
+            x_in,
+            ln1,
+            ln1_stats,
+            attn: a,
+            ctx,
+            x_mid,
+            ln2,
+            ln2_stats,
+            u,
+            a: act,
+            x_out,
+        }
     }
 
     /// Backward of a block: returns the input gradient. Weight and LN
     /// gradients are written only when `train` is set.
-    pub fn block_backward(&mut self, w: &Block, a: &BlockActs, dx_out: u32, rows: u32, batch: u32, train: bool) -> u32 {
+    pub fn block_backward(
+        &mut self,
+        w: &Block,
+        a: &BlockActs,
+        dx_out: u32,
+        rows: u32,
+        batch: u32,
+        train: bool,
+    ) -> u32 {
         let md = self.model;
         let d = md.dims;
         let (dm, f) = (d.d, d.f);
@@ -663,7 +772,19 @@ impl<'m> Builder<'m> {
 
         let dx_mid = self.take(rows * dm);
         let dln2 = self.take(rows * dm);
-        self.ln_backward_linear(rows, f, dense(du, f), w.w1, dx_mid, dln2, dense(a.x_mid, dm), a.ln2_stats, w.ln2, Some(dense(dx_out, dm)), None);
+        self.ln_backward_linear(
+            rows,
+            f,
+            dense(du, f),
+            w.w1,
+            dx_mid,
+            dln2,
+            dense(a.x_mid, dm),
+            a.ln2_stats,
+            w.ln2,
+            Some(dense(dx_out, dm)),
+            None,
+        );
 
         let dctx = self.take(rows * dm);
         let p = LinearParams::transposed(rows, dm, dm, dense(dx_mid, dm), w.wo, dense(dctx, dm));
@@ -675,14 +796,64 @@ impl<'m> Builder<'m> {
 
         let dx_in = self.take(rows * dm);
         let dln1 = self.take(rows * dm);
-        self.ln_backward_linear(rows, 3 * dm, dense(dqkv, 3 * dm), w.wqkv, dx_in, dln1, a.x_in, a.ln1_stats, w.ln1, Some(dense(dx_mid, dm)), None);
+        self.ln_backward_linear(
+            rows,
+            3 * dm,
+            dense(dqkv, 3 * dm),
+            w.wqkv,
+            dx_in,
+            dln1,
+            a.x_in,
+            a.ln1_stats,
+            w.ln1,
+            Some(dense(dx_mid, dm)),
+            None,
+        );
 
         if train {
-            self.grad_weight(rows, dense(dx_out, dm), dense(a.a, f), dm, f, md.grad(w.w2), NONE);
-            self.grad_weight(rows, dense(du, f), dense(a.ln2, dm), f, dm, md.grad(w.w1), NONE);
-            self.grad_weight(rows, dense(dx_mid, dm), dense(a.ctx, dm), dm, dm, md.grad(w.wo), NONE);
-            self.grad_weight(rows, dense(dqkv, 3 * dm), dense(a.ln1, dm), 3 * dm, dm, md.grad(w.wqkv), NONE);
-            self.grad_ln(rows, dense(dln2, dm), dense(a.x_mid, dm), a.ln2_stats, w.ln2);
+            self.grad_weight(
+                rows,
+                dense(dx_out, dm),
+                dense(a.a, f),
+                dm,
+                f,
+                md.grad(w.w2),
+                NONE,
+            );
+            self.grad_weight(
+                rows,
+                dense(du, f),
+                dense(a.ln2, dm),
+                f,
+                dm,
+                md.grad(w.w1),
+                NONE,
+            );
+            self.grad_weight(
+                rows,
+                dense(dx_mid, dm),
+                dense(a.ctx, dm),
+                dm,
+                dm,
+                md.grad(w.wo),
+                NONE,
+            );
+            self.grad_weight(
+                rows,
+                dense(dqkv, 3 * dm),
+                dense(a.ln1, dm),
+                3 * dm,
+                dm,
+                md.grad(w.wqkv),
+                NONE,
+            );
+            self.grad_ln(
+                rows,
+                dense(dln2, dm),
+                dense(a.x_mid, dm),
+                a.ln2_stats,
+                w.ln2,
+            );
             self.grad_ln(rows, dense(dln1, dm), a.x_in, a.ln1_stats, w.ln1);
         }
         dx_in
@@ -712,46 +883,58 @@ impl<'m> Builder<'m> {
             p.flags |= linear_flags::ADD;
         }
         self.ops.push(Dispatch::linear(p));
-        self.ops.push(Dispatch::layer_norm_backward(LayerNormBackwardParams {
-            dy: dense(dln, dm),
-            x: ln_x,
-            dx: dense(y, dm),
-            res: res.unwrap_or_else(RowMap::none),
-            m: rows,
-            n: dm,
-            gamma_off: ln.g,
-            stats_off: stats,
-        }));
+        self.ops
+            .push(Dispatch::layer_norm_backward(LayerNormBackwardParams {
+                dy: dense(dln, dm),
+                x: ln_x,
+                dx: dense(y, dm),
+                res: res.unwrap_or_else(RowMap::none),
+                m: rows,
+                n: dm,
+                gamma_off: ln.g,
+                stats_off: stats,
+            }));
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn grad_weight(&mut self, rows: u32, dy: RowMap, x: RowMap, n: u32, k: u32, dw: u32, gate: u32) {
-        self.ops.push(Dispatch::linear_grad_weight(LinearGradWeightParams {
-            dy,
-            x,
-            m: rows,
-            n,
-            k,
-            dw_off: dw,
-            gate_off: gate,
-            accumulate: 0,
-            _pad: [0; 2],
-        }));
+    fn grad_weight(
+        &mut self,
+        rows: u32,
+        dy: RowMap,
+        x: RowMap,
+        n: u32,
+        k: u32,
+        dw: u32,
+        gate: u32,
+    ) {
+        self.ops
+            .push(Dispatch::linear_grad_weight(LinearGradWeightParams {
+                dy,
+                x,
+                m: rows,
+                n,
+                k,
+                dw_off: dw,
+                gate_off: gate,
+                accumulate: 0,
+                _pad: [0; 2],
+            }));
     }
 
     fn grad_ln(&mut self, rows: u32, dy: RowMap, x: RowMap, stats: u32, ln: Ln) {
         let md = self.model;
-        self.ops.push(Dispatch::layer_norm_grad_params(LayerNormGradParams {
-            dy,
-            x,
-            m: rows,
-            n: md.dims.d,
-            stats_off: stats,
-            dgamma_off: md.grad(ln.g),
-            dbeta_off: md.grad(ln.b),
-            accumulate: 0,
-            _pad: [0; 2],
-        }));
+        self.ops
+            .push(Dispatch::layer_norm_grad_params(LayerNormGradParams {
+                dy,
+                x,
+                m: rows,
+                n: md.dims.d,
+                stats_off: stats,
+                dgamma_off: md.grad(ln.g),
+                dbeta_off: md.grad(ln.b),
+                accumulate: 0,
+                _pad: [0; 2],
+            }));
     }
 
     fn layer_norm(&mut self, rows: u32, x: RowMap, y: RowMap, stats: u32, ln: Ln) {
@@ -796,7 +979,13 @@ impl<'m> Builder<'m> {
         let rows = images * d.vt;
         let x0 = self.take(rows * d.d);
         let stats = self.take(rows * 2);
-        self.layer_norm(rows, dense(tokens, d.d), dense(x0, d.d), stats, md.vision_ln_pre);
+        self.layer_norm(
+            rows,
+            dense(tokens, d.d),
+            dense(x0, d.d),
+            stats,
+            md.vision_ln_pre,
+        );
         let mut x = dense(x0, d.d);
         for blk in &md.vision_blocks {
             let acts = self.block_forward(blk, x, images, d.vt, AttentionMask::None);
@@ -804,7 +993,13 @@ impl<'m> Builder<'m> {
         }
         let stats = self.take(images * d.p * 2);
         let x_patches = RowMap::grouped(x.off + d.d, d.p, d.vt * d.d, d.d);
-        self.layer_norm(images * d.p, x_patches, dense(out, d.d), stats, md.vision_ln_post);
+        self.layer_norm(
+            images * d.p,
+            x_patches,
+            dense(out, d.d),
+            stats,
+            md.vision_ln_post,
+        );
     }
 }
 
@@ -840,12 +1035,32 @@ impl Builder<'_> {
             let lat_stats = self.take(s * l * 2);
             let kvin_media = RowMap::grouped(kvin, pp, (pp + l) * dm, dm);
             let kvin_lat = RowMap::grouped(kvin + pp * dm, l, (pp + l) * dm, dm);
-            self.layer_norm(s * pp, dense(media, dm), kvin_media, media_stats, w.norm_media);
+            self.layer_norm(
+                s * pp,
+                dense(media, dm),
+                kvin_media,
+                media_stats,
+                w.norm_media,
+            );
             self.layer_norm(s * l, lat_in, kvin_lat, lat_stats, w.norm_latents);
             let q = self.take(s * l * dm);
-            self.ops.push(Dispatch::linear(LinearParams::new(s * l, dm, dm, kvin_lat, w.wq, dense(q, dm))));
+            self.ops.push(Dispatch::linear(LinearParams::new(
+                s * l,
+                dm,
+                dm,
+                kvin_lat,
+                w.wq,
+                dense(q, dm),
+            )));
             let kv = self.take(kv_rows * 2 * dm);
-            self.ops.push(Dispatch::linear(LinearParams::new(kv_rows, dm, 2 * dm, dense(kvin, dm), w.wkv, dense(kv, 2 * dm))));
+            self.ops.push(Dispatch::linear(LinearParams::new(
+                kv_rows,
+                dm,
+                2 * dm,
+                dense(kvin, dm),
+                w.wkv,
+                dense(kv, 2 * dm),
+            )));
             let ctx = self.take(s * l * dm);
             let probs = self.take(s * d.h * l * (pp + l));
             let mut a = self.attention(AttentionMask::None, (NONE, NONE));
@@ -869,7 +1084,21 @@ impl Builder<'_> {
             let ff_stats = self.take(s * l * 2);
             let u = self.take(s * l * f);
             let act = self.take(s * l * f);
-            let mut p = ln_linear(self, s * l, dm, f, dense(lat_mid, dm), w.w1, dense(act, f), Ln { g: w.ff_ln.g, b: w.ff_ln.b }, ff_stats, ff_ln);
+            let mut p = ln_linear(
+                self,
+                s * l,
+                dm,
+                f,
+                dense(lat_mid, dm),
+                w.w1,
+                dense(act, f),
+                Ln {
+                    g: w.ff_ln.g,
+                    b: w.ff_ln.b,
+                },
+                ff_stats,
+                ff_ln,
+            );
             p.epi = Epilogue::Gelu as u32;
             p.aux = dense(u, f);
             self.ops.push(Dispatch::linear(p));
@@ -883,8 +1112,6 @@ impl Builder<'_> {
                 media_stats,
                 lat_stats,
                 kvin,
-                q,
-                kv,
                 attn: a,
                 ctx,
                 lat_mid,
@@ -898,8 +1125,20 @@ impl Builder<'_> {
         }
         let lat_norm = self.take(s * l * dm);
         let lat_norm_stats = self.take(s * l * 2);
-        self.layer_norm(s * l, lat_in, dense(lat_norm, dm), lat_norm_stats, md.perceiver_norm);
-        FlamingoActs { media, perceiver: acts, lat_norm, lat_norm_stats, cross: Vec::new() }
+        self.layer_norm(
+            s * l,
+            lat_in,
+            dense(lat_norm, dm),
+            lat_norm_stats,
+            md.perceiver_norm,
+        );
+        FlamingoActs {
+            media,
+            perceiver: acts,
+            lat_norm,
+            lat_norm_stats,
+            cross: Vec::new(),
+        }
     }
 
     fn cross_forward(&mut self, w: &CrossAttn, x_in: u32, lat_norm: u32) -> CrossActs {
@@ -908,11 +1147,32 @@ impl Builder<'_> {
         let (dm, f, m) = (d.d, d.f, d.m);
         let kv_rows = d.s * d.l;
         let kv = self.take(kv_rows * 2 * dm);
-        self.ops.push(Dispatch::linear(LinearParams::new(kv_rows, dm, 2 * dm, dense(lat_norm, dm), w.wkv, dense(kv, 2 * dm))));
+        self.ops.push(Dispatch::linear(LinearParams::new(
+            kv_rows,
+            dm,
+            2 * dm,
+            dense(lat_norm, dm),
+            w.wkv,
+            dense(kv, 2 * dm),
+        )));
         let ln = self.take(m * dm);
         let ln_stats = self.take(m * 2);
         let q = self.take(m * dm);
-        let p = ln_linear(self, m, dm, dm, dense(x_in, dm), w.wq, dense(q, dm), Ln { g: w.ln.g, b: w.ln.b }, ln_stats, ln);
+        let p = ln_linear(
+            self,
+            m,
+            dm,
+            dm,
+            dense(x_in, dm),
+            w.wq,
+            dense(q, dm),
+            Ln {
+                g: w.ln.g,
+                b: w.ln.b,
+            },
+            ln_stats,
+            ln,
+        );
         self.ops.push(Dispatch::linear(p));
         let ctx = self.take(m * dm);
         let probs = self.take(d.b * d.h * d.t * d.ni * d.l);
@@ -941,7 +1201,21 @@ impl Builder<'_> {
         let ff_stats = self.take(m * 2);
         let u = self.take(m * f);
         let act = self.take(m * f);
-        let mut p = ln_linear(self, m, dm, f, dense(x_a, dm), w.w1, dense(act, f), Ln { g: w.ff_ln.g, b: w.ff_ln.b }, ff_stats, ff_ln);
+        let mut p = ln_linear(
+            self,
+            m,
+            dm,
+            f,
+            dense(x_a, dm),
+            w.w1,
+            dense(act, f),
+            Ln {
+                g: w.ff_ln.g,
+                b: w.ff_ln.b,
+            },
+            ff_stats,
+            ff_ln,
+        );
         p.epi = Epilogue::Gelu as u32;
         p.aux = dense(u, f);
         self.ops.push(Dispatch::linear(p));
@@ -954,12 +1228,32 @@ impl Builder<'_> {
         p.aux = dense(branch_f, dm);
         p.flags = linear_flags::AUX;
         self.ops.push(Dispatch::linear(p));
-        CrossActs { x_in, ln, ln_stats, q, kv, attn: a, ctx, branch_a, x_a, ff_ln, ff_stats, u, a: act, branch_f, x_f }
+        CrossActs {
+            x_in,
+            ln,
+            ln_stats,
+            attn: a,
+            ctx,
+            branch_a,
+            x_a,
+            ff_ln,
+            ff_stats,
+            u,
+            a: act,
+            branch_f,
+            x_f,
+        }
     }
 
     /// Backward of a gated cross-attention block; returns dx_in and the
     /// [slots * latents, d] gradient it sends to the Perceiver output.
-    fn cross_backward(&mut self, w: &CrossAttn, a: &CrossActs, dx_f: u32, lat_norm: u32) -> (u32, u32) {
+    fn cross_backward(
+        &mut self,
+        w: &CrossAttn,
+        a: &CrossActs,
+        dx_f: u32,
+        lat_norm: u32,
+    ) -> (u32, u32) {
         let md = self.model;
         let d = md.dims;
         let (dm, f, m) = (d.d, d.f, d.m);
@@ -978,11 +1272,39 @@ impl Builder<'_> {
         p.epi = Epilogue::GeluBackward as u32;
         p.aux = dense(a.u, f);
         self.ops.push(Dispatch::linear(p));
-        self.grad_weight(m, dense(dx_f, dm), dense(a.a, f), dm, f, md.grad(w.w2), w.ff_gate);
+        self.grad_weight(
+            m,
+            dense(dx_f, dm),
+            dense(a.a, f),
+            dm,
+            f,
+            md.grad(w.w2),
+            w.ff_gate,
+        );
         let dx_a = self.take(m * dm);
         let dff = self.take(m * dm);
-        self.ln_backward_linear(m, f, dense(du, f), w.w1, dx_a, dff, dense(a.x_a, dm), a.ff_stats, w.ff_ln, Some(dense(dx_f, dm)), None);
-        self.grad_weight(m, dense(du, f), dense(a.ff_ln, dm), f, dm, md.grad(w.w1), NONE);
+        self.ln_backward_linear(
+            m,
+            f,
+            dense(du, f),
+            w.w1,
+            dx_a,
+            dff,
+            dense(a.x_a, dm),
+            a.ff_stats,
+            w.ff_ln,
+            Some(dense(dx_f, dm)),
+            None,
+        );
+        self.grad_weight(
+            m,
+            dense(du, f),
+            dense(a.ff_ln, dm),
+            f,
+            dm,
+            md.grad(w.w1),
+            NONE,
+        );
         self.grad_ln(m, dense(dff, dm), dense(a.x_a, dm), a.ff_stats, w.ff_ln);
 
         self.ops.push(Dispatch::gate_backward(GateBackwardParams {
@@ -998,7 +1320,15 @@ impl Builder<'_> {
         p.pro = Prologue::Gate as u32;
         p.gate_off = w.attn_gate;
         self.ops.push(Dispatch::linear(p));
-        self.grad_weight(m, dense(dx_a, dm), dense(a.ctx, dm), dm, dm, md.grad(w.wo), w.attn_gate);
+        self.grad_weight(
+            m,
+            dense(dx_a, dm),
+            dense(a.ctx, dm),
+            dm,
+            dm,
+            md.grad(w.wo),
+            w.attn_gate,
+        );
 
         let dq = self.take(m * dm);
         let kv_rows = d.s * d.l;
@@ -1007,10 +1337,38 @@ impl Builder<'_> {
         self.ops.push(Dispatch::attention_backward(bp, d.b));
         let dx_in = self.take(m * dm);
         let dln = self.take(m * dm);
-        self.ln_backward_linear(m, dm, dense(dq, dm), w.wq, dx_in, dln, dense(a.x_in, dm), a.ln_stats, w.ln, Some(dense(dx_a, dm)), None);
-        self.grad_weight(m, dense(dq, dm), dense(a.ln, dm), dm, dm, md.grad(w.wq), NONE);
+        self.ln_backward_linear(
+            m,
+            dm,
+            dense(dq, dm),
+            w.wq,
+            dx_in,
+            dln,
+            dense(a.x_in, dm),
+            a.ln_stats,
+            w.ln,
+            Some(dense(dx_a, dm)),
+            None,
+        );
+        self.grad_weight(
+            m,
+            dense(dq, dm),
+            dense(a.ln, dm),
+            dm,
+            dm,
+            md.grad(w.wq),
+            NONE,
+        );
         self.grad_ln(m, dense(dln, dm), dense(a.x_in, dm), a.ln_stats, w.ln);
-        self.grad_weight(kv_rows, dense(dkv, 2 * dm), dense(lat_norm, dm), 2 * dm, dm, md.grad(w.wkv), NONE);
+        self.grad_weight(
+            kv_rows,
+            dense(dkv, 2 * dm),
+            dense(lat_norm, dm),
+            2 * dm,
+            dm,
+            md.grad(w.wkv),
+            NONE,
+        );
         (dx_in, dkv)
     }
 
@@ -1023,38 +1381,115 @@ impl Builder<'_> {
         for (w, a) in md.perceiver.iter().zip(&fa.perceiver).rev() {
             let rows = s * l;
             let du = self.take(rows * f);
-            let mut p = LinearParams::transposed(rows, dm, f, dense(dlat_out, dm), w.w2, dense(du, f));
+            let mut p =
+                LinearParams::transposed(rows, dm, f, dense(dlat_out, dm), w.w2, dense(du, f));
             p.epi = Epilogue::GeluBackward as u32;
             p.aux = dense(a.u, f);
             self.ops.push(Dispatch::linear(p));
-            self.grad_weight(rows, dense(dlat_out, dm), dense(a.a, f), dm, f, md.grad(w.w2), NONE);
+            self.grad_weight(
+                rows,
+                dense(dlat_out, dm),
+                dense(a.a, f),
+                dm,
+                f,
+                md.grad(w.w2),
+                NONE,
+            );
             let dlat_mid = self.take(rows * dm);
             let dff = self.take(rows * dm);
-            self.ln_backward_linear(rows, f, dense(du, f), w.w1, dlat_mid, dff, dense(a.lat_mid, dm), a.ff_stats, w.ff_ln, Some(dense(dlat_out, dm)), None);
-            self.grad_weight(rows, dense(du, f), dense(a.ff_ln, dm), f, dm, md.grad(w.w1), NONE);
-            self.grad_ln(rows, dense(dff, dm), dense(a.lat_mid, dm), a.ff_stats, w.ff_ln);
+            self.ln_backward_linear(
+                rows,
+                f,
+                dense(du, f),
+                w.w1,
+                dlat_mid,
+                dff,
+                dense(a.lat_mid, dm),
+                a.ff_stats,
+                w.ff_ln,
+                Some(dense(dlat_out, dm)),
+                None,
+            );
+            self.grad_weight(
+                rows,
+                dense(du, f),
+                dense(a.ff_ln, dm),
+                f,
+                dm,
+                md.grad(w.w1),
+                NONE,
+            );
+            self.grad_ln(
+                rows,
+                dense(dff, dm),
+                dense(a.lat_mid, dm),
+                a.ff_stats,
+                w.ff_ln,
+            );
 
             let dctx = self.take(rows * dm);
-            let p = LinearParams::transposed(rows, dm, dm, dense(dlat_mid, dm), w.wo, dense(dctx, dm));
+            let p =
+                LinearParams::transposed(rows, dm, dm, dense(dlat_mid, dm), w.wo, dense(dctx, dm));
             self.ops.push(Dispatch::linear(p));
-            self.grad_weight(rows, dense(dlat_mid, dm), dense(a.ctx, dm), dm, dm, md.grad(w.wo), NONE);
+            self.grad_weight(
+                rows,
+                dense(dlat_mid, dm),
+                dense(a.ctx, dm),
+                dm,
+                dm,
+                md.grad(w.wo),
+                NONE,
+            );
             let dq = self.take(rows * dm);
             let dkv = self.take(kv_rows * 2 * dm);
             let bp = AttentionBackwardParams::of(&a.attn, dctx, dq, dkv, dkv + dm);
             self.ops.push(Dispatch::attention_backward(bp, s));
             let kvin_lat = RowMap::grouped(a.kvin + pp * dm, l, (pp + l) * dm, dm);
             self.grad_weight(rows, dense(dq, dm), kvin_lat, dm, dm, md.grad(w.wq), NONE);
-            self.grad_weight(kv_rows, dense(dkv, 2 * dm), dense(a.kvin, dm), 2 * dm, dm, md.grad(w.wkv), NONE);
+            self.grad_weight(
+                kv_rows,
+                dense(dkv, 2 * dm),
+                dense(a.kvin, dm),
+                2 * dm,
+                dm,
+                md.grad(w.wkv),
+                NONE,
+            );
             let dkvin = self.take(kv_rows * dm);
-            let p = LinearParams::transposed(kv_rows, 2 * dm, dm, dense(dkv, 2 * dm), w.wkv, dense(dkvin, dm));
+            let p = LinearParams::transposed(
+                kv_rows,
+                2 * dm,
+                dm,
+                dense(dkv, 2 * dm),
+                w.wkv,
+                dense(dkvin, dm),
+            );
             self.ops.push(Dispatch::linear(p));
             let dlat_in = self.take(rows * dm);
             let dll = self.take(rows * dm);
             let dkvin_lat = RowMap::grouped(dkvin + pp * dm, l, (pp + l) * dm, dm);
-            self.ln_backward_linear(rows, dm, dense(dq, dm), w.wq, dlat_in, dll, a.lat_in, a.lat_stats, w.norm_latents, Some(dense(dlat_mid, dm)), Some(dkvin_lat));
+            self.ln_backward_linear(
+                rows,
+                dm,
+                dense(dq, dm),
+                w.wq,
+                dlat_in,
+                dll,
+                a.lat_in,
+                a.lat_stats,
+                w.norm_latents,
+                Some(dense(dlat_mid, dm)),
+                Some(dkvin_lat),
+            );
             self.grad_ln(rows, dense(dll, dm), a.lat_in, a.lat_stats, w.norm_latents);
             let dkvin_media = RowMap::grouped(dkvin, pp, (pp + l) * dm, dm);
-            self.grad_ln(s * pp, dkvin_media, dense(fa.media, dm), a.media_stats, w.norm_media);
+            self.grad_ln(
+                s * pp,
+                dkvin_media,
+                dense(fa.media, dm),
+                a.media_stats,
+                w.norm_media,
+            );
             dlat_out = dlat_in;
         }
         self.ops.push(Dispatch::sum_rows(SumRowsParams {
@@ -1105,7 +1540,21 @@ impl Builder<'_> {
         let lnf = self.take(m * dm);
         let lnf_stats = self.take(m * 2);
         let logits = self.take(m * d.v);
-        let p = ln_linear(&mut self, m, dm, d.v, dense(x, dm), md.head, dense(logits, d.v), Ln { g: md.norm_f.g, b: md.norm_f.b }, lnf_stats, lnf);
+        let p = ln_linear(
+            &mut self,
+            m,
+            dm,
+            d.v,
+            dense(x, dm),
+            md.head,
+            dense(logits, d.v),
+            Ln {
+                g: md.norm_f.g,
+                b: md.norm_f.b,
+            },
+            lnf_stats,
+            lnf,
+        );
         self.ops.push(Dispatch::linear(p));
         let forward = std::mem::take(&mut self.ops);
 
@@ -1124,9 +1573,29 @@ impl Builder<'_> {
         let train_lm = stage == Stage::Text;
         let dx = self.take(m * dm);
         let dlnf = self.take(m * dm);
-        self.ln_backward_linear(m, d.v, dense(dlogits, d.v), md.head, dx, dlnf, dense(x, dm), lnf_stats, md.norm_f, None, None);
+        self.ln_backward_linear(
+            m,
+            d.v,
+            dense(dlogits, d.v),
+            md.head,
+            dx,
+            dlnf,
+            dense(x, dm),
+            lnf_stats,
+            md.norm_f,
+            None,
+            None,
+        );
         if train_lm {
-            self.grad_weight(m, dense(dlogits, d.v), dense(lnf, dm), d.v, dm, md.grad(md.head), NONE);
+            self.grad_weight(
+                m,
+                dense(dlogits, d.v),
+                dense(lnf, dm),
+                d.v,
+                dm,
+                md.grad(md.head),
+                NONE,
+            );
             self.grad_ln(m, dense(dlnf, dm), dense(x, dm), lnf_stats, md.norm_f);
         }
         let mut dx = dx;
@@ -1136,8 +1605,14 @@ impl Builder<'_> {
         for (i, blk) in md.blocks.iter().enumerate().rev() {
             dx = self.block_backward(blk, &block_acts[i], dx, m, d.b, train_lm);
             let Some(fa) = fa.as_ref() else { continue };
-            let Some((_, ca)) = fa.cross.iter().find(|(j, _)| *j == i) else { continue };
-            let w = md.xattn.iter().find(|c| c.layer == i).expect("cross acts match a block");
+            let Some((_, ca)) = fa.cross.iter().find(|(j, _)| *j == i) else {
+                continue;
+            };
+            let w = md
+                .xattn
+                .iter()
+                .find(|c| c.layer == i)
+                .expect("cross acts match a block");
             let (dx_in, dkv) = self.cross_backward(w, ca, dx, fa.lat_norm);
             dx = dx_in;
             seen_cross += 1;
@@ -1145,7 +1620,8 @@ impl Builder<'_> {
             let dkv_map = dense(dkv, 2 * dm);
             if seen_cross < n_cross {
                 let part = *dmedia_part.get_or_insert_with(|| self.alloc.take(kv_rows * dm));
-                let mut p = LinearParams::transposed(kv_rows, 2 * dm, dm, dkv_map, w.wkv, dense(part, dm));
+                let mut p =
+                    LinearParams::transposed(kv_rows, 2 * dm, dm, dkv_map, w.wkv, dense(part, dm));
                 if seen_cross > 1 {
                     p.flags |= linear_flags::ACCUM;
                 }
@@ -1153,14 +1629,40 @@ impl Builder<'_> {
             } else {
                 let dlat_out = self.take(kv_rows * dm);
                 let dlatn = self.take(kv_rows * dm);
-                let last = fa.perceiver.last().expect("the Perceiver has layers").lat_out;
+                let last = fa
+                    .perceiver
+                    .last()
+                    .expect("the Perceiver has layers")
+                    .lat_out;
                 let add = dmedia_part.map(|o| dense(o, dm));
-                self.ln_backward_linear(kv_rows, 2 * dm, dkv_map, w.wkv, dlat_out, dlatn, dense(last, dm), fa.lat_norm_stats, md.perceiver_norm, None, add);
-                self.grad_ln(kv_rows, dense(dlatn, dm), dense(last, dm), fa.lat_norm_stats, md.perceiver_norm);
+                self.ln_backward_linear(
+                    kv_rows,
+                    2 * dm,
+                    dkv_map,
+                    w.wkv,
+                    dlat_out,
+                    dlatn,
+                    dense(last, dm),
+                    fa.lat_norm_stats,
+                    md.perceiver_norm,
+                    None,
+                    add,
+                );
+                self.grad_ln(
+                    kv_rows,
+                    dense(dlatn, dm),
+                    dense(last, dm),
+                    fa.lat_norm_stats,
+                    md.perceiver_norm,
+                );
                 self.perceiver_backward(fa, dlat_out);
             }
         }
-        let allowed = if train_lm { [0; 4] } else { [IMAGE, END_OF_CHUNK, 0, 0] };
+        let allowed = if train_lm {
+            [0; 4]
+        } else {
+            [IMAGE, END_OF_CHUNK, 0, 0]
+        };
         self.ops.push(Dispatch::embedding_backward(
             EmbeddingBackwardParams {
                 tok_off: md.ints.tok,
@@ -1189,7 +1691,11 @@ impl Builder<'_> {
         let backward = std::mem::take(&mut self.ops);
 
         let (start, end) = md.trainable(stage);
-        let decay_from = if flamingo { md.decay_from - start } else { end - start };
+        let decay_from = if flamingo {
+            md.decay_from - start
+        } else {
+            end - start
+        };
         let update = vec![Dispatch::adamw(AdamWParams {
             n: end - start,
             p_off: start,
@@ -1204,7 +1710,16 @@ impl Builder<'_> {
             eps: hyper.eps,
             weight_decay: if flamingo { hyper.weight_decay } else { 0.0 },
         })];
-        (Graphs { forward, backward, update, logits, loss_rows }, self.alloc.next)
+        (
+            Graphs {
+                forward,
+                backward,
+                update,
+                logits,
+                loss_rows,
+            },
+            self.alloc.next,
+        )
     }
 }
 
@@ -1224,33 +1739,44 @@ pub struct AdamHyper {
 /// Checks the sizes the kernels can handle.
 pub(crate) fn check_dims(config: &ToyConfig) -> Result<(), ToyError> {
     let bad = |msg: String| Err(ToyError::Config(msg));
-    if config.d_model % config.heads.max(1) != 0 || config.d_model / config.heads.max(1) > MAX_HEAD_DIM {
-        return bad(format!("d_model / heads must divide evenly and be at most {MAX_HEAD_DIM}"));
+    if !config.d_model.is_multiple_of(config.heads.max(1))
+        || config.d_model / config.heads.max(1) > MAX_HEAD_DIM
+    {
+        return bad(format!(
+            "d_model / heads must divide evenly and be at most {MAX_HEAD_DIM}"
+        ));
     }
-    if config.d_model % 16 != 0 || config.d_model > 256 {
+    if !config.d_model.is_multiple_of(16) || config.d_model > 256 {
         return bad("d_model must be a multiple of 16 and at most 256".into());
     }
     if config.context > MAX_ATTENTION_LEN || config.context < 18 {
-        return bad(format!("context must be in 18..={MAX_ATTENTION_LEN} (two captioned images)"));
+        return bad(format!(
+            "context must be in 18..={MAX_ATTENTION_LEN} (two captioned images)"
+        ));
     }
     let patch = config.patch as usize;
-    if patch == 0 || super::data::IMAGE_SIZE % patch != 0 {
+    if patch == 0 || !super::data::IMAGE_SIZE.is_multiple_of(patch) {
         return bad("patch must divide the image size 32".into());
     }
     let p = (super::data::IMAGE_SIZE / patch).pow(2) as u32;
     if p + config.latents > MAX_ATTENTION_LEN || p + 1 > MAX_ATTENTION_LEN {
-        return bad(format!("patches + latents must be at most {MAX_ATTENTION_LEN}"));
+        return bad(format!(
+            "patches + latents must be at most {MAX_ATTENTION_LEN}"
+        ));
     }
     if 2 * config.latents > MAX_ATTENTION_LEN {
         return bad("too many latents".into());
     }
-    if config.batch < 2 || config.batch % 2 != 0 {
+    if config.batch < 2 || !config.batch.is_multiple_of(2) {
         return bad("batch must be even and at least 2".into());
     }
     if config.mlp_mult == 0 || config.mlp_mult * config.d_model > 512 {
         return bad("mlp_mult * d_model must be in 1..=512".into());
     }
-    if config.lm_layers == 0 || config.cross_attn_every == 0 || config.cross_attn_every > config.lm_layers {
+    if config.lm_layers == 0
+        || config.cross_attn_every == 0
+        || config.cross_attn_every > config.lm_layers
+    {
         return bad("cross_attn_every must be in 1..=lm_layers".into());
     }
     if config.perceiver_depth == 0 {

@@ -120,7 +120,12 @@ pub struct Trainer {
     pretrain_step: u32,
 }
 
-const ADAM: AdamHyper = AdamHyper { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+const ADAM: AdamHyper = AdamHyper {
+    beta1: 0.9,
+    beta2: 0.999,
+    eps: 1e-8,
+    weight_decay: 0.0,
+};
 /// Images per vision-encoder pass when the features are cached.
 const VISION_CHUNK: u32 = 128;
 
@@ -133,10 +138,17 @@ impl Trainer {
     /// Errors: [`ToyError::Config`] for bad settings, [`ToyError::Device`]
     /// when the device is too small, [`ToyError::Clip`] if the clip plan is
     /// refused.
-    pub async fn new(device: &wgpu::Device, queue: &wgpu::Queue, config: ToyConfig) -> Result<Self, ToyError> {
+    pub async fn new(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        config: ToyConfig,
+    ) -> Result<Self, ToyError> {
         let model = Model::new(&config)?;
         let kernels = Kernels::new(device).await?;
-        let hyper = AdamHyper { weight_decay: config.weight_decay, ..ADAM };
+        let hyper = AdamHyper {
+            weight_decay: config.weight_decay,
+            ..ADAM
+        };
         let base = model.alloc.next;
         let (text, text_end) = Builder::new(&model, base).stage(Stage::Text, &hyper);
         let (flamingo, flamingo_end) = Builder::new(&model, base).stage(Stage::Flamingo, &hyper);
@@ -168,8 +180,15 @@ impl Trainer {
 
         let all: Vec<&Vec<f32>> = train.pixels.iter().chain(&held_out.pixels).collect();
         for (images, ops) in all.chunks(VISION_CHUNK as usize).zip(&vision_programs) {
-            let table: Vec<f32> = images.iter().flat_map(|img| data::patchify(img, config.patch as usize)).collect();
-            queue.write_buffer(&memory.mem, u64::from(patches) * 4, bytemuck::cast_slice(&table));
+            let table: Vec<f32> = images
+                .iter()
+                .flat_map(|img| data::patchify(img, config.patch as usize))
+                .collect();
+            queue.write_buffer(
+                &memory.mem,
+                u64::from(patches) * 4,
+                bytemuck::cast_slice(&table),
+            );
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("wgpu_gradclip.toy.vision"),
             });
@@ -204,7 +223,7 @@ impl Trainer {
              {} + {} + {} dispatches per Flamingo step",
             model.params.iter().map(|p| p.len()).sum::<u32>(),
             model.trainable_count(Stage::Flamingo),
-            u64::from(end) * 4 >> 20,
+            (u64::from(end) * 4) >> 20,
             flamingo.forward.len(),
             flamingo.backward.len(),
             flamingo.update.len(),
@@ -255,12 +274,21 @@ impl Trainer {
     /// Dispatches per Flamingo training step (forward, backward, update),
     /// not counting the clip.
     pub fn dispatch_counts(&self) -> [usize; 3] {
-        [self.flamingo.forward.len(), self.flamingo.backward.len(), self.flamingo.update.len()]
+        [
+            self.flamingo.forward.len(),
+            self.flamingo.backward.len(),
+            self.flamingo.update.len(),
+        ]
     }
 
     /// Dispatches the clip adds to each step.
     pub fn clip_dispatches(&self) -> usize {
         self.plan.dispatch_count()
+    }
+
+    /// Clip group names, in the order [`StepStats::groups`] reports them.
+    pub fn step_group_names(&self) -> Vec<String> {
+        self.plan.group_names().to_vec()
     }
 
     /// The current clip mode and max_norm.
@@ -286,22 +314,33 @@ impl Trainer {
         let (start, end) = self.model.trainable(Stage::Text);
         let _ = (start, end);
         let len = u64::from(self.model.params_end - self.model.lm_start) * 4;
-        encoder.clear_buffer(&self.memory.mem, u64::from(self.model.adam_m) * 4, Some(len));
-        encoder.clear_buffer(&self.memory.mem, u64::from(self.model.adam_v) * 4, Some(len));
+        encoder.clear_buffer(
+            &self.memory.mem,
+            u64::from(self.model.adam_m) * 4,
+            Some(len),
+        );
+        encoder.clear_buffer(
+            &self.memory.mem,
+            u64::from(self.model.adam_v) * 4,
+            Some(len),
+        );
         self.queue.submit([encoder.finish()]);
         self.stage = Stage::Flamingo;
         self.step = 0;
     }
 
     fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
-        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
     }
 
     /// One step of caption-text pretraining of the language model (lr warms
     /// up over the first tenth of the steps). Returns the batch loss.
     pub async fn pretrain_step(&mut self) -> Result<f32, ToyError> {
         if self.stage != Stage::Text {
-            return Err(ToyError::Stage("pretraining is over; the language model is frozen".into()));
+            return Err(ToyError::Stage(
+                "pretraining is over; the language model is frozen".into(),
+            ));
         }
         let step = self.pretrain_step;
         let warmup = (self.config.pretrain_steps / 10).max(1);
@@ -352,14 +391,26 @@ impl Trainer {
             groups: report
                 .groups
                 .iter()
-                .map(|g| (g.name.clone(), g.norm, if off { 1.0 } else { g.coefficient }))
+                .map(|g| {
+                    (
+                        g.name.clone(),
+                        g.norm,
+                        if off { 1.0 } else { g.coefficient },
+                    )
+                })
                 .collect(),
             total_norm: report.total_norm,
         })
     }
 
     fn copy_out(&self, encoder: &mut wgpu::CommandEncoder, off: u32, len: u32) {
-        encoder.copy_buffer_to_buffer(&self.memory.mem, u64::from(off) * 4, &self.readback, 0, u64::from(len) * 4);
+        encoder.copy_buffer_to_buffer(
+            &self.memory.mem,
+            u64::from(off) * 4,
+            &self.readback,
+            0,
+            u64::from(len) * 4,
+        );
     }
 
     async fn read(&self, len: u32) -> Result<Vec<f32>, ToyError> {
@@ -390,21 +441,30 @@ impl Trainer {
         words[ints.step as usize + 1] = (1.0 - b1.powi(t as i32)).to_bits();
         words[ints.step as usize + 2] = (1.0 - b2.powi(t as i32)).to_bits();
         let _ = stage;
-        self.queue.write_buffer(&self.memory.ints, 0, bytemuck::cast_slice(&words));
+        self.queue
+            .write_buffer(&self.memory.ints, 0, bytemuck::cast_slice(&words));
     }
 
     fn eval_set(&self) -> Vec<Eval> {
         let n = self.held_out.specs.len() as u32;
         let mut out = Vec::new();
         for i in 0..n {
-            out.push(Eval { images: vec![i], prefix: vec![IMAGE], truth: self.held_out.specs[i as usize].caption() });
+            out.push(Eval {
+                images: vec![i],
+                prefix: vec![IMAGE],
+                truth: self.held_out.specs[i as usize].caption(),
+            });
         }
         for i in 0..n / 2 {
             let j = (i * 7 + 3) % n;
             let seq = data::sequence(&self.held_out, &[i]);
             let mut prefix = seq.tokens[..seq.tokens.len() - 1].to_vec();
             prefix.push(IMAGE);
-            out.push(Eval { images: vec![i, j], prefix, truth: self.held_out.specs[j as usize].caption() });
+            out.push(Eval {
+                images: vec![i, j],
+                prefix,
+                truth: self.held_out.specs[j as usize].caption(),
+            });
         }
         out
     }
@@ -418,22 +478,36 @@ impl Trainer {
             // Fill a batch: at most b sequences and s image slots.
             let mut end = start;
             let mut slots = 0;
-            while end < items.len() && end - start < d.b as usize && slots + items[end].images.len() <= d.s as usize {
+            while end < items.len()
+                && end - start < d.b as usize
+                && slots + items[end].images.len() <= d.s as usize
+            {
                 slots += items[end].images.len();
                 end += 1;
             }
             let chunk = &items[start..end];
             let mut seqs: Vec<Sequence> = chunk
                 .iter()
-                .map(|e| Sequence { tokens: e.prefix.clone(), images: e.images.clone() })
+                .map(|e| Sequence {
+                    tokens: e.prefix.clone(),
+                    images: e.images.clone(),
+                })
                 .collect();
             let mut done = vec![false; seqs.len()];
             let prefix_lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
             for _ in 0..=CAPTION_LEN {
-                let batch = Batch::new(&self.model, &seqs, &prefix_lens, Stage::Flamingo, Some(self.train.specs.len() as u32));
+                let batch = Batch::new(
+                    &self.model,
+                    &seqs,
+                    &prefix_lens,
+                    Stage::Flamingo,
+                    Some(self.train.specs.len() as u32),
+                );
                 self.write_batch(&batch, Stage::Flamingo, 0.0, 1);
                 let mut encoder = self.encoder("wgpu_gradclip.toy.decode");
-                self.flamingo.forward.record(&self.kernels, &self.memory, &mut encoder);
+                self.flamingo
+                    .forward
+                    .record(&self.kernels, &self.memory, &mut encoder);
                 self.copy_out(&mut encoder, self.flamingo.graphs.logits, d.m * d.v);
                 self.queue.submit([encoder.finish()]);
                 let logits = self.read(d.m * d.v).await?;
@@ -470,7 +544,9 @@ impl Trainer {
         let out = self.decode(&items).await?;
         let (mut single, mut n_single, mut second, mut n_second) = (0u32, 0u32, 0u32, 0u32);
         for (e, gen) in items.iter().zip(&out) {
-            let ok = gen.len() == CAPTION_LEN + 1 && gen[..CAPTION_LEN] == e.truth && gen[CAPTION_LEN] == END_OF_CHUNK;
+            let ok = gen.len() == CAPTION_LEN + 1
+                && gen[..CAPTION_LEN] == e.truth
+                && gen[CAPTION_LEN] == END_OF_CHUNK;
             if e.images.len() == 1 {
                 n_single += 1;
                 single += u32::from(ok);
@@ -490,7 +566,11 @@ impl Trainer {
 
     /// The first `n` held-out images with their greedy captions.
     pub async fn samples(&self, n: usize) -> Result<Vec<Sample>, ToyError> {
-        let items: Vec<Eval> = self.eval_set().into_iter().take(n.min(self.held_out.specs.len())).collect();
+        let items: Vec<Eval> = self
+            .eval_set()
+            .into_iter()
+            .take(n.min(self.held_out.specs.len()))
+            .collect();
         let out = self.decode(&items).await?;
         Ok(items
             .iter()
@@ -516,7 +596,13 @@ impl Trainer {
             mapped_at_creation: false,
         });
         let mut encoder = self.encoder("wgpu_gradclip.toy.read_arena");
-        encoder.copy_buffer_to_buffer(&self.memory.mem, u64::from(off) * 4, &staging, 0, u64::from(len) * 4);
+        encoder.copy_buffer_to_buffer(
+            &self.memory.mem,
+            u64::from(off) * 4,
+            &staging,
+            0,
+            u64::from(len) * 4,
+        );
         self.queue.submit([encoder.finish()]);
         read_f32(&self.device, &staging, 0, len).await
     }
@@ -528,7 +614,13 @@ impl Trainer {
             .model
             .params
             .iter()
-            .map(|p| (p.name.clone(), p.shape.clone(), all[p.off as usize..(p.off + p.len()) as usize].to_vec()))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.shape.clone(),
+                    all[p.off as usize..(p.off + p.len()) as usize].to_vec(),
+                )
+            })
             .collect())
     }
 
@@ -553,7 +645,11 @@ impl Trainer {
             writes.push((p.off, values));
         }
         for (off, values) in writes {
-            self.queue.write_buffer(&self.memory.mem, u64::from(off) * 4, bytemuck::cast_slice(values));
+            self.queue.write_buffer(
+                &self.memory.mem,
+                u64::from(off) * 4,
+                bytemuck::cast_slice(values),
+            );
         }
         Ok(())
     }
@@ -562,18 +658,37 @@ impl Trainer {
     /// and its step count, for checkpoints.
     pub async fn read_optimizer(&self) -> Result<(Vec<f32>, Vec<f32>), ToyError> {
         let n = self.model.params_end - self.model.lm_start;
-        Ok((self.read_arena(self.model.adam_m, n).await?, self.read_arena(self.model.adam_v, n).await?))
+        Ok((
+            self.read_arena(self.model.adam_m, n).await?,
+            self.read_arena(self.model.adam_v, n).await?,
+        ))
     }
 
     /// Restores AdamW's state and the stage's step count (see
     /// [`Trainer::read_optimizer`]).
-    pub fn write_optimizer(&mut self, stage: Stage, step: u32, m: &[f32], v: &[f32]) -> Result<(), ToyError> {
+    pub fn write_optimizer(
+        &mut self,
+        stage: Stage,
+        step: u32,
+        m: &[f32],
+        v: &[f32],
+    ) -> Result<(), ToyError> {
         let n = (self.model.params_end - self.model.lm_start) as usize;
         if m.len() != n || v.len() != n {
-            return Err(ToyError::Checkpoint(format!("optimizer state must hold {n} values")));
+            return Err(ToyError::Checkpoint(format!(
+                "optimizer state must hold {n} values"
+            )));
         }
-        self.queue.write_buffer(&self.memory.mem, u64::from(self.model.adam_m) * 4, bytemuck::cast_slice(m));
-        self.queue.write_buffer(&self.memory.mem, u64::from(self.model.adam_v) * 4, bytemuck::cast_slice(v));
+        self.queue.write_buffer(
+            &self.memory.mem,
+            u64::from(self.model.adam_m) * 4,
+            bytemuck::cast_slice(m),
+        );
+        self.queue.write_buffer(
+            &self.memory.mem,
+            u64::from(self.model.adam_v) * 4,
+            bytemuck::cast_slice(v),
+        );
         self.stage = stage;
         match stage {
             Stage::Text => self.pretrain_step = step,
@@ -608,7 +723,11 @@ impl Trainer {
     }
 
     fn param(&self, name: &str) -> Result<&super::ParamInfo, ToyError> {
-        self.model.params.iter().find(|p| p.name == name).ok_or_else(|| ToyError::Checkpoint(format!("unknown tensor {name}")))
+        self.model
+            .params
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| ToyError::Checkpoint(format!("unknown tensor {name}")))
     }
 
     /// Runs the Flamingo forward and backward on the batch of `step`
@@ -618,9 +737,17 @@ impl Trainer {
         let batch = self.training_batch(Stage::Flamingo, step);
         self.write_batch(&batch, Stage::Flamingo, 0.0, 1);
         let mut encoder = self.encoder("wgpu_gradclip.toy.loss_and_grads");
-        self.flamingo.forward.record(&self.kernels, &self.memory, &mut encoder);
-        self.flamingo.backward.record(&self.kernels, &self.memory, &mut encoder);
-        self.copy_out(&mut encoder, self.flamingo.graphs.loss_rows, self.model.dims.m);
+        self.flamingo
+            .forward
+            .record(&self.kernels, &self.memory, &mut encoder);
+        self.flamingo
+            .backward
+            .record(&self.kernels, &self.memory, &mut encoder);
+        self.copy_out(
+            &mut encoder,
+            self.flamingo.graphs.loss_rows,
+            self.model.dims.m,
+        );
         self.queue.submit([encoder.finish()]);
         let rows = self.read(self.model.dims.m).await?;
         Ok(rows.iter().map(|&x| f64::from(x)).sum::<f64>() as f32 / batch.valid.max(1) as f32)
@@ -643,9 +770,14 @@ impl Trainer {
                 let mut encoder = self.encoder("wgpu_gradclip.toy.profile");
                 prog.record(&self.kernels, &self.memory, &mut encoder);
                 self.queue.submit([encoder.finish()]);
-                self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| ToyError::Readback(e.to_string()))?;
+                self.device
+                    .poll(wgpu::PollType::wait_indefinitely())
+                    .map_err(|e| ToyError::Readback(e.to_string()))?;
             }
-            out.push((format!("{:?} {:?}", d.kernel, d.grid), t.elapsed().as_secs_f64() / f64::from(reps)));
+            out.push((
+                format!("{:?} {:?}", d.kernel, d.grid),
+                t.elapsed().as_secs_f64() / f64::from(reps),
+            ));
         }
         Ok(out)
     }
@@ -670,7 +802,13 @@ struct Batch {
 impl Batch {
     /// `feat_base`: where the pool's features start (None: training pool).
     /// `prompt`: per sequence, positions before this get no target (0: all).
-    fn new(model: &Model, seqs: &[Sequence], prompt: &[usize], stage: Stage, feat_base: Option<u32>) -> Self {
+    fn new(
+        model: &Model,
+        seqs: &[Sequence],
+        prompt: &[usize],
+        stage: Stage,
+        feat_base: Option<u32>,
+    ) -> Self {
         let d = model.dims;
         let i = model.ints;
         let mut w = vec![0u32; i.total as usize];
@@ -699,7 +837,11 @@ impl Batch {
                 w[i.time as usize + row + pos] = images;
             }
             for pos in 0..t {
-                let next = if pos + 1 < len { seq.tokens[pos + 1] } else { PAD };
+                let next = if pos + 1 < len {
+                    seq.tokens[pos + 1]
+                } else {
+                    PAD
+                };
                 let ignored = next == PAD
                     || (stage == Stage::Flamingo && next == IMAGE)
                     || pos + 1 < prompt.get(b).copied().unwrap_or(0);
@@ -728,7 +870,12 @@ fn make_plan(
     max_norm: f32,
 ) -> Result<ClipPlan, ToyError> {
     let mut names: Vec<String> = vec!["perceiver".into()];
-    names.extend(model.xattn.iter().map(|x| format!("gated_cross_attn_layers.{}", x.layer)));
+    names.extend(
+        model
+            .xattn
+            .iter()
+            .map(|x| format!("gated_cross_attn_layers.{}", x.layer)),
+    );
     names.push("input_embeddings".into());
     let groups: Vec<ClipGroup> = names
         .iter()
@@ -737,7 +884,13 @@ fn make_plan(
                 .params
                 .iter()
                 .filter(|p| p.group.as_deref() == Some(name.as_str()))
-                .map(|p| GradView::new(&memory.mem, u64::from(model.grad(p.off)) * 4, u64::from(p.len())));
+                .map(|p| {
+                    GradView::new(
+                        &memory.mem,
+                        u64::from(model.grad(p.off)) * 4,
+                        u64::from(p.len()),
+                    )
+                });
             ClipGroup::new(name.clone(), views)
         })
         .collect();
@@ -752,21 +905,30 @@ fn make_plan(
 
 /// Maps `len` floats of `buffer` from element `off` and copies them out. On
 /// native this polls the device; in the browser it only awaits.
-async fn read_f32(device: &wgpu::Device, buffer: &wgpu::Buffer, off: u32, len: u32) -> Result<Vec<f32>, ToyError> {
+async fn read_f32(
+    device: &wgpu::Device,
+    buffer: &wgpu::Buffer,
+    off: u32,
+    len: u32,
+) -> Result<Vec<f32>, ToyError> {
     let (tx, rx) = futures::channel::oneshot::channel();
     let slice = buffer.slice(u64::from(off) * 4..u64::from(off + len.max(1)) * 4);
     slice.map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
     });
     #[cfg(not(target_arch = "wasm32"))]
-    device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| ToyError::Readback(e.to_string()))?;
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| ToyError::Readback(e.to_string()))?;
     #[cfg(target_arch = "wasm32")]
     let _ = device;
     rx.await
         .map_err(|_| ToyError::Readback("the map callback was dropped (device lost?)".into()))?
         .map_err(|e| ToyError::Readback(e.to_string()))?;
     let out = {
-        let view = slice.get_mapped_range().map_err(|e| ToyError::Readback(e.to_string()))?;
+        let view = slice
+            .get_mapped_range()
+            .map_err(|e| ToyError::Readback(e.to_string()))?;
         bytemuck::cast_slice::<u8, f32>(&view)[..len as usize].to_vec()
     };
     buffer.unmap();

@@ -23,7 +23,11 @@ pub fn gpu() -> Gpu {
             )
         });
         let kernels = Kernels::new(&device).await.expect("toy kernels build");
-        Gpu { device, queue, kernels }
+        Gpu {
+            device,
+            queue,
+            kernels,
+        }
     })
 }
 
@@ -37,7 +41,7 @@ impl Arena {
     pub fn put(&mut self, values: &[f32]) -> u32 {
         let off = self.data.len() as u32;
         self.data.extend_from_slice(values);
-        while self.data.len() % 4 != 0 {
+        while !self.data.len().is_multiple_of(4) {
             self.data.push(0.0);
         }
         off
@@ -51,15 +55,21 @@ impl Arena {
 impl Gpu {
     /// Uploads `arena` and `ints`, runs `ops` in order, returns the arena.
     pub fn run(&self, arena: &Arena, ints: &[u32], ops: &[Dispatch]) -> Vec<f32> {
-        let memory = Memory::new(&self.kernels, arena.data.len() as u64 + 4, ints.len() as u64 + 4)
-            .expect("test arena fits");
-        self.queue.write_buffer(&memory.mem, 0, bytemuck::cast_slice(&arena.data));
+        let memory = Memory::new(
+            &self.kernels,
+            arena.data.len() as u64 + 4,
+            ints.len() as u64 + 4,
+        )
+        .expect("test arena fits");
+        self.queue
+            .write_buffer(&memory.mem, 0, bytemuck::cast_slice(&arena.data));
         if !ints.is_empty() {
             let mut words = ints.to_vec();
-            while words.len() % 4 != 0 {
+            while !words.len().is_multiple_of(4) {
                 words.push(0);
             }
-            self.queue.write_buffer(&memory.ints, 0, bytemuck::cast_slice(&words));
+            self.queue
+                .write_buffer(&memory.ints, 0, bytemuck::cast_slice(&words));
         }
         let program = Program::new(&self.kernels, ops);
         let size = arena.data.len() as u64 * 4;
@@ -75,8 +85,11 @@ impl Gpu {
         self.queue.submit([encoder.finish()]);
         let slice = staging.slice(..);
         slice.map_async(wgpu::MapMode::Read, |r| r.expect("map succeeds"));
-        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device polls");
-        let out = bytemuck::cast_slice::<u8, f32>(&slice.get_mapped_range().expect("mapped")).to_vec();
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .expect("device polls");
+        let out =
+            bytemuck::cast_slice::<u8, f32>(&slice.get_mapped_range().expect("mapped")).to_vec();
         out
     }
 }
@@ -84,7 +97,9 @@ impl Gpu {
 /// Seeded normal values scaled by `scale`.
 pub fn randn(seed: u64, n: usize, scale: f64) -> Vec<f32> {
     let mut rng = wgpu_gradclip::toy::data::Rng::new(seed);
-    (0..n).map(|_| (f64::from(rng.normal()) * scale) as f32).collect()
+    (0..n)
+        .map(|_| (f64::from(rng.normal()) * scale) as f32)
+        .collect()
 }
 
 /// Asserts |got - want| <= atol + rtol * |want| everywhere, naming the first
@@ -152,7 +167,11 @@ pub fn layer_norm(x: &[f64], n: usize, g: &[f64], b: &[f64]) -> Vec<f64> {
         let mean = row.iter().sum::<f64>() / n as f64;
         let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
         let rstd = 1.0 / (var + 1e-5).sqrt();
-        out.extend(row.iter().enumerate().map(|(c, v)| (v - mean) * rstd * g[c] + b[c]));
+        out.extend(
+            row.iter()
+                .enumerate()
+                .map(|(c, v)| (v - mean) * rstd * g[c] + b[c]),
+        );
     }
     out
 }
