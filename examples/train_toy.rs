@@ -44,6 +44,7 @@ options:
   --checkpoint-every N  steps between checkpoints (default 500)
   --log-every N         steps between progress lines (default 50)
   --train-images N      images in the training pool (default 4096)
+  --eval-images N       held-out images (default 160; 1.5 captions each)
   --no-cache            do not read or write the pretrained-LM cache
 adapter: WGPU_BACKEND (vulkan, gl, metal, dx12) and WGPU_ADAPTER_NAME";
 
@@ -81,6 +82,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--seed" => config.seed = num(&flag, value("a number")?)?,
             "--max-norm" => config.max_norm = num(&flag, value("a number")?)?,
             "--train-images" => config.train_images = num(&flag, value("a number")?)?,
+            "--eval-images" => config.eval_images = num(&flag, value("a number")?)?,
             "--checkpoint-every" => checkpoint_every = num(&flag, value("a number")?)?,
             "--log-every" => log_every = num::<u32>(&flag, value("a number")?)?.max(1),
             "--clip-mode" => {

@@ -85,7 +85,7 @@ fn whole_model_gradients_match_finite_differences() {
 }
 
 #[test]
-fn training_lowers_the_loss_keeps_frozen_weights_and_clipping_changes_the_update() {
+fn training_lowers_the_loss_is_deterministic_keeps_frozen_weights_and_clipping_matters() {
     let config = ToyConfig {
         pretrain_steps: 120,
         pretrain_lr: 5e-3,
@@ -149,6 +149,13 @@ fn training_lowers_the_loss_keeps_frozen_weights_and_clipping_changes_the_update
         } else {
             assert!(b != a, "trainable tensor {name} did not change");
         }
+    }
+
+    // The same seed on the same adapter gives bit-identical weights.
+    let (_, _, again, _, _) = run(ClipChoice::PerGroup);
+    for ((name, _, a), (_, _, b)) in after.iter().zip(&again) {
+        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{name} differs between two runs with the same seed");
     }
 
     let (_, _, after_off, _, min_off) = run(ClipChoice::Off);

@@ -5,8 +5,8 @@
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use wgpu_gradclip::toy::kernels::{
-    Kernel, LINEAR_TILE, LINEAR_WORKGROUP_SIZE, MAX_ATTENTION_LEN, MAX_HEAD_DIM, NONE,
-    WORKGROUP_SIZE,
+    Kernel, GRAD_WEIGHT_WORKGROUP_SIZE, LINEAR_TILE, LINEAR_WORKGROUP_SIZE, MAX_ATTENTION_LEN,
+    MAX_HEAD_DIM, NONE, WORKGROUP_SIZE,
 };
 
 fn check_module(name: &str, source: &str, entry: &str) {
@@ -116,7 +116,7 @@ fn rust_constants_mirror_wgsl() {
     assert!(common.contains(&format!("const TILE: u32 = {LINEAR_TILE}u;")));
     assert!(common.contains(&format!("const LWG: u32 = {LINEAR_WORKGROUP_SIZE}u;")));
     let gw = Kernel::LinearGradWeight.source();
-    assert!(gw.contains(&format!("const LWG: u32 = {LINEAR_WORKGROUP_SIZE}u;")));
+    assert!(gw.contains(&format!("const LWG: u32 = {GRAD_WEIGHT_WORKGROUP_SIZE}u;")));
     let attn = Kernel::Attention.source();
     assert!(attn.contains(&format!("const MAX_T: u32 = {MAX_ATTENTION_LEN}u;")));
     assert!(attn.contains(&format!("const MAX_DH: u32 = {MAX_HEAD_DIM}u;")));

@@ -17,7 +17,7 @@ struct Params {
     _pad1: u32,
 }
 
-const LWG: u32 = 64u;
+const LWG: u32 = 16u;
 
 @group(1) @binding(0) var<uniform> p: Params;
 

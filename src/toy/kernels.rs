@@ -34,8 +34,12 @@ pub const MAX_HEAD_DIM: u32 = 16;
 /// Side of the output tile one [`Kernel::Linear`] invocation computes;
 /// mirrors `TILE`.
 pub const LINEAR_TILE: u32 = 8;
-/// Invocations per workgroup of the two matmul kernels; mirrors `LWG`.
+/// Invocations per workgroup of [`Kernel::Linear`]; mirrors `LWG` there.
 pub const LINEAR_WORKGROUP_SIZE: u32 = 64;
+/// Invocations per workgroup of [`Kernel::LinearGradWeight`]; mirrors `LWG`
+/// there. Small, because a 64 x 64 weight has only 64 tiles and every CPU
+/// core needs a workgroup of its own.
+pub const GRAD_WEIGHT_WORKGROUP_SIZE: u32 = 16;
 
 const COMMON: &str = include_str!("../../shaders/toy/common.wgsl");
 
@@ -646,7 +650,7 @@ impl Dispatch {
         Self::new(
             Kernel::LinearGradWeight,
             &p,
-            [tiles.div_ceil(LINEAR_WORKGROUP_SIZE).max(1), 1],
+            [tiles.div_ceil(GRAD_WEIGHT_WORKGROUP_SIZE).max(1), 1],
         )
     }
 

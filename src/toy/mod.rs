@@ -144,7 +144,7 @@ impl Default for ToyConfig {
             perceiver_depth: 2,
             head_init_std: 0.125,
             train_images: 4096,
-            eval_images: 256,
+            eval_images: 160,
             pretrain_steps: 300,
             pretrain_lr: 2e-3,
             steps: 1500,
