@@ -34,7 +34,7 @@ options:
   --warmup N            warmup steps, the first at lr 0 (default 100)
   --seed N              seed of data, weights and batches (default 0)
   --clip-mode MODE      per-group (OpenFlamingo FSDP), global (DDP) or off
-  --max-norm F          clip max_norm (default 0.02; OpenFlamingo uses 1.0,
+  --max-norm F          clip max_norm (default 0.25; OpenFlamingo uses 1.0,
                         which almost never fires on a model this small)
   --name NAME           run folder runs/NAME (default: default)
   --run-dir DIR         run folder, instead of runs/NAME
@@ -132,7 +132,8 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(Some(args)) => args,
         Ok(None) => {
-            println!("{HELP}");
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = writeln!(std::io::stdout(), "{HELP}");
             return ExitCode::SUCCESS;
         }
         Err(msg) => {
@@ -393,7 +394,27 @@ async fn run(args: Args) -> Result<(), ToyError> {
             .map_err(|e| ToyError::Checkpoint(format!("{}: {e}", path.display())))
     };
     write("samples/captions.txt", text)?;
-    write("metrics.csv", native::metrics_csv(&rows, &groups))?;
+    // A resumed run keeps the rows its earlier part wrote.
+    let mut csv = native::metrics_csv(&rows, &groups);
+    if args.resume.is_some() {
+        if let Ok(old) = std::fs::read_to_string(args.run_dir.join("metrics.csv")) {
+            let keep = old.lines().skip(1).filter(|l| {
+                let mut f = l.split(',');
+                let (stage, step) = (f.next(), f.next().and_then(|s| s.parse::<u32>().ok()));
+                stage == Some("text")
+                    || (stage == Some("flamingo") && step.is_some_and(|s| s < first))
+            });
+            let (header, body) = csv.split_once('\n').unwrap_or((&csv, ""));
+            let mut merged = format!("{header}\n");
+            for line in keep {
+                merged.push_str(line);
+                merged.push('\n');
+            }
+            merged.push_str(body);
+            csv = merged;
+        }
+    }
+    write("metrics.csv", csv)?;
     write(
         "plot.svg",
         native::plot_svg(&rows, &groups, trainer.clip().1),
