@@ -779,31 +779,7 @@ impl Kernels {
                 label: Some(kernel.name()),
                 source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
             };
-            let module = match std::env::var("TOY_CHECKS").ok().as_deref() {
-                Some("none") => unsafe {
-                    device
-                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
-                },
-                Some("bounds") => unsafe {
-                    device.create_shader_module_trusted(
-                        desc,
-                        wgpu::ShaderRuntimeChecks {
-                            bounds_checks: true,
-                            ..wgpu::ShaderRuntimeChecks::unchecked()
-                        },
-                    )
-                },
-                Some("loops") => unsafe {
-                    device.create_shader_module_trusted(
-                        desc,
-                        wgpu::ShaderRuntimeChecks {
-                            force_loop_bounding: true,
-                            ..wgpu::ShaderRuntimeChecks::unchecked()
-                        },
-                    )
-                },
-                _ => device.create_shader_module(desc),
-            };
+            let module = device.create_shader_module(desc);
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(kernel.name()),
                 layout: Some(&layout),

@@ -201,7 +201,15 @@ impl Checkpoint {
 }
 
 /// Writes RGBA pixels as a PNG, each pixel drawn `scale` x `scale`.
+/// Fails with [`ToyError::Checkpoint`] when `rgba` does not hold
+/// `size * size` pixels or the file cannot be written.
 pub fn write_png(path: &Path, rgba: &[u8], size: u32, scale: u32) -> Result<(), ToyError> {
+    if rgba.len() != (size * size * 4) as usize || scale == 0 {
+        return Err(io_err(
+            path,
+            format!("expected {size}x{size} RGBA pixels and scale > 0"),
+        ));
+    }
     let out = size * scale;
     let mut big = Vec::with_capacity((out * out * 4) as usize);
     for y in 0..out {

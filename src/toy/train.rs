@@ -311,8 +311,6 @@ impl Trainer {
     /// and the two special embedding rows. Resets AdamW's state.
     pub fn begin_flamingo(&mut self) {
         let mut encoder = self.encoder("wgpu_gradclip.toy.begin_flamingo");
-        let (start, end) = self.model.trainable(Stage::Text);
-        let _ = (start, end);
         let len = u64::from(self.model.params_end - self.model.lm_start) * 4;
         encoder.clear_buffer(
             &self.memory.mem,
@@ -346,7 +344,7 @@ impl Trainer {
         let warmup = (self.config.pretrain_steps / 10).max(1);
         let lr = self.config.pretrain_lr * (step as f32 / warmup as f32).min(1.0);
         let batch = self.training_batch(Stage::Text, step);
-        self.write_batch(&batch, Stage::Text, lr, step + 1);
+        self.write_batch(&batch, lr, step + 1);
         let mut encoder = self.encoder("wgpu_gradclip.toy.pretrain_step");
         let p = &self.text;
         p.forward.record(&self.kernels, &self.memory, &mut encoder);
@@ -370,7 +368,7 @@ impl Trainer {
         // Linear warmup from lr 0 at the first step, then constant.
         let lr = self.config.lr * (step as f32 / warmup as f32).min(1.0);
         let batch = self.training_batch(Stage::Flamingo, step);
-        self.write_batch(&batch, Stage::Flamingo, lr, step + 1);
+        self.write_batch(&batch, lr, step + 1);
         let mut encoder = self.encoder("wgpu_gradclip.toy.step");
         let p = &self.flamingo;
         p.forward.record(&self.kernels, &self.memory, &mut encoder);
@@ -433,14 +431,13 @@ impl Trainer {
         Batch::new(&self.model, &seqs, &vec![0; seqs.len()], stage, None)
     }
 
-    fn write_batch(&self, batch: &Batch, stage: Stage, lr: f32, t: u32) {
+    fn write_batch(&self, batch: &Batch, lr: f32, t: u32) {
         let mut words = batch.words.clone();
         let ints = self.model.ints;
         let (b1, b2) = (ADAM.beta1, ADAM.beta2);
         words[ints.step as usize] = lr.to_bits();
         words[ints.step as usize + 1] = (1.0 - b1.powi(t as i32)).to_bits();
         words[ints.step as usize + 2] = (1.0 - b2.powi(t as i32)).to_bits();
-        let _ = stage;
         self.queue
             .write_buffer(&self.memory.ints, 0, bytemuck::cast_slice(&words));
     }
@@ -503,7 +500,7 @@ impl Trainer {
                     Stage::Flamingo,
                     Some(self.train.specs.len() as u32),
                 );
-                self.write_batch(&batch, Stage::Flamingo, 0.0, 1);
+                self.write_batch(&batch, 0.0, 1);
                 let mut encoder = self.encoder("wgpu_gradclip.toy.decode");
                 self.flamingo
                     .forward
@@ -735,7 +732,7 @@ impl Trainer {
     /// left in the arena; see [`Trainer::read_grad`]). For gradient checks.
     pub async fn loss_and_grads(&self, step: u32) -> Result<f32, ToyError> {
         let batch = self.training_batch(Stage::Flamingo, step);
-        self.write_batch(&batch, Stage::Flamingo, 0.0, 1);
+        self.write_batch(&batch, 0.0, 1);
         let mut encoder = self.encoder("wgpu_gradclip.toy.loss_and_grads");
         self.flamingo
             .forward
@@ -760,7 +757,7 @@ impl Trainer {
     #[cfg(not(target_arch = "wasm32"))]
     pub async fn profile(&self, reps: u32) -> Result<Vec<(String, f64)>, ToyError> {
         let batch = self.training_batch(Stage::Flamingo, 0);
-        self.write_batch(&batch, Stage::Flamingo, 0.0, 1);
+        self.write_batch(&batch, 0.0, 1);
         let g = &self.flamingo.graphs;
         let mut out = Vec::new();
         for d in g.forward.iter().chain(&g.backward) {
