@@ -5,8 +5,8 @@
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use wgpu_gradclip::toy::kernels::{
-    Kernel, GRAD_WEIGHT_WORKGROUP_SIZE, LINEAR_TILE, LINEAR_WORKGROUP_SIZE, MAX_ATTENTION_LEN,
-    MAX_HEAD_DIM, NONE, WORKGROUP_SIZE,
+    Kernel, ATTENTION_WORKGROUP_SIZE, GRAD_WEIGHT_WORKGROUP_SIZE, LINEAR_TILE,
+    LINEAR_WORKGROUP_SIZE, MAX_ATTENTION_LEN, MAX_HEAD_DIM, NONE, WORKGROUP_SIZE,
 };
 
 fn check_module(name: &str, source: &str, entry: &str) {
@@ -120,4 +120,8 @@ fn rust_constants_mirror_wgsl() {
     let attn = Kernel::Attention.source();
     assert!(attn.contains(&format!("const MAX_T: u32 = {MAX_ATTENTION_LEN}u;")));
     assert!(attn.contains(&format!("const MAX_DH: u32 = {MAX_HEAD_DIM}u;")));
+    for k in [Kernel::Attention, Kernel::AttentionBackward] {
+        let src = k.source();
+        assert!(src.contains(&format!("const AWG: u32 = {ATTENTION_WORKGROUP_SIZE}u;")));
+    }
 }

@@ -1,5 +1,7 @@
-// attention: softmax(q k^T * scale + mask) v for one (sequence, head) per
-// workgroup, saving the probabilities for the backward pass. Three masks:
+// attention: softmax(q k^T * scale + mask) v, one invocation per (sequence,
+// head, query) with an online softmax in registers (no workgroup memory or
+// barriers: loads and barriers, not arithmetic, bound CPU drivers), saving
+// the probabilities for the backward pass. Three masks:
 // none (Perceiver latents over media and latents), causal with key padding
 // (language model), and OpenFlamingo's immediate-media mask (text token t
 // sees only the latents of image number text_time[t]; with text_time 0 it
@@ -31,15 +33,26 @@ struct Params {
 const MODE_NONE: u32 = 0u;
 const MODE_CAUSAL: u32 = 1u;
 const MODE_MEDIA: u32 = 2u;
+// Limits the host checks: sequence length and head width (4 vec4 columns).
 const MAX_T: u32 = 32u;
 const MAX_DH: u32 = 16u;
+const AWG: u32 = 64u;
 
 @group(1) @binding(0) var<uniform> p: Params;
 
-var<workgroup> sh_q: array<f32, 512>; // [MAX_T, MAX_DH]
-var<workgroup> sh_k: array<f32, 512>;
-var<workgroup> sh_v: array<f32, 512>;
-var<workgroup> sh_p: array<f32, 1024>; // [MAX_T, MAX_T]
+// A head row of dh <= 16 floats as the columns of a 4 x 4 matrix, zero
+// past dh. `off` is a multiple of 4.
+fn head_row(off: u32) -> mat4x4<f32> {
+    let dh4 = p.dh / 4u;
+    let b = off / 4u;
+    let z = vec4<f32>(0.0);
+    return mat4x4<f32>(select(z, mem4[b], dh4 > 0u), select(z, mem4[b + 1u], dh4 > 1u),
+        select(z, mem4[b + 2u], dh4 > 2u), select(z, mem4[b + 3u], dh4 > 3u));
+}
+
+fn dot16(a: mat4x4<f32>, b: mat4x4<f32>) -> f32 {
+    return dot(a[0], b[0]) + dot(a[1], b[1]) + dot(a[2], b[2]) + dot(a[3], b[3]);
+}
 
 // Element offset of key/value row j of sequence b (NONE when the media
 // slot is empty).
@@ -69,80 +82,55 @@ fn allowed(b: u32, t: u32, j: u32) -> bool {
     }
 }
 
-@compute @workgroup_size(WG)
-fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let b = wg.x;
-    let h = wg.y;
+@compute @workgroup_size(AWG)
+fn attention(@builtin(global_invocation_id) gid: vec3<u32>) {
+    // x: head and query of sequence y.
+    if gid.x >= p.heads * p.tq {
+        return;
+    }
+    let b = gid.y;
+    let h = gid.x / p.tq;
+    let t = gid.x % p.tq;
     let hc = h * p.dh;
-    for (var i = lid; i < p.tq * p.dh; i += WG) {
-        let t = i / p.dh;
-        sh_q[i] = mem[p.q_off + (b * p.tq + t) * p.q_rs + hc + i % p.dh];
+    let q = head_row(p.q_off + (b * p.tq + t) * p.q_rs + hc);
+    let p_base = p.p_off + ((b * p.heads + h) * p.tq + t) * p.tk;
+    let o_ix = p.o_off + (b * p.tq + t) * p.o_rs + hc;
+    // A text token before any image sees nothing: OpenFlamingo zeroes it.
+    var live = true;
+    if p.mode == MODE_MEDIA {
+        live = ints[p.time_off + b * p.tq + t] != 0u;
     }
-    for (var i = lid; i < p.tk * p.dh; i += WG) {
-        let j = i / p.dh;
-        let kr = key_row(p.k_off, p.k_rs, b, j);
-        let vr = key_row(p.v_off, p.v_rs, b, j);
-        var kv = 0.0;
-        var vv = 0.0;
-        if kr != NONE {
-            kv = mem[kr + hc + i % p.dh];
-            vv = mem[vr + hc + i % p.dh];
-        }
-        sh_k[i] = kv;
-        sh_v[i] = vv;
-    }
-    workgroupBarrier();
-
-    for (var i = lid; i < p.tq * p.tk; i += WG) {
-        let t = i / p.tk;
-        let j = i % p.tk;
-        var s = F32_LOWEST;
-        if allowed(b, t, j) {
-            var acc = 0.0;
-            for (var d = 0u; d < p.dh; d++) {
-                acc += sh_q[t * p.dh + d] * sh_k[j * p.dh + d];
+    var mx = F32_LOWEST;
+    var sum = 0.0;
+    var o = mat4x4<f32>();
+    if live {
+        for (var j = 0u; j < p.tk; j++) {
+            if !allowed(b, t, j) {
+                continue;
             }
-            s = acc * p.scale;
-        }
-        sh_p[i] = s;
-    }
-    workgroupBarrier();
-
-    if lid < p.tq {
-        let t = lid;
-        let row = t * p.tk;
-        var mx = F32_LOWEST;
-        for (var j = 0u; j < p.tk; j++) {
-            mx = max(mx, sh_p[row + j]);
-        }
-        var sum = 0.0;
-        for (var j = 0u; j < p.tk; j++) {
-            let e = exp(sh_p[row + j] - mx);
-            sh_p[row + j] = e;
-            sum += e;
-        }
-        var inv = 1.0 / sum;
-        if p.mode == MODE_MEDIA && ints[p.time_off + b * p.tq + t] == 0u {
-            // No image before this token: OpenFlamingo zeroes its attention.
-            inv = 0.0;
-        }
-        for (var j = 0u; j < p.tk; j++) {
-            sh_p[row + j] *= inv;
+            let s = dot16(q, head_row(key_row(p.k_off, p.k_rs, b, j) + hc)) * p.scale;
+            let m_new = max(mx, s);
+            let decay = exp(mx - m_new);
+            let e = exp(s - m_new);
+            sum = sum * decay + e;
+            o = o * decay + head_row(key_row(p.v_off, p.v_rs, b, j) + hc) * e;
+            mx = m_new;
         }
     }
-    workgroupBarrier();
-
-    let p_base = p.p_off + (b * p.heads + h) * p.tq * p.tk;
-    for (var i = lid; i < p.tq * p.tk; i += WG) {
-        mem[p_base + i] = sh_p[i];
+    var inv = 0.0;
+    if sum > 0.0 {
+        inv = 1.0 / sum;
     }
-    for (var i = lid; i < p.tq * p.dh; i += WG) {
-        let t = i / p.dh;
-        let d = i % p.dh;
-        var acc = 0.0;
-        for (var j = 0u; j < p.tk; j++) {
-            acc += sh_p[t * p.tk + j] * sh_v[j * p.dh + d];
+    for (var j = 0u; j < p.tk; j++) {
+        var pr = 0.0;
+        if live && allowed(b, t, j) {
+            let s = dot16(q, head_row(key_row(p.k_off, p.k_rs, b, j) + hc)) * p.scale;
+            pr = exp(s - mx) * inv;
         }
-        mem[p.o_off + (b * p.tq + t) * p.o_rs + hc + d] = acc;
+        mem[p_base + j] = pr;
+    }
+    o = o * inv;
+    for (var d = 0u; d < p.dh; d++) {
+        mem[o_ix + d] = o[d / 4u][d % 4u];
     }
 }

@@ -1,7 +1,9 @@
-// attention_backward: gradients of q, k and v for one (sequence, head) per
-// workgroup, from the saved probabilities P, the output O and its gradient
-// dO: dV = P^T dO, dS = P * (dO v^T - rowsum(dO * O)), dQ = scale * dS k,
-// dK = scale * dS^T q. Masked pairs have P = 0 and so get no gradient.
+// attention_backward: gradients of q, k and v from the saved probabilities
+// P, the output O and its gradient dO: dS = P * (dO v^T - rowsum(dO * O)),
+// dQ = scale * dS k, dK = scale * dS^T q, dV = P^T dO. For each (sequence,
+// head), one invocation per query writes its dQ row and one per key its dK
+// and dV rows, each summing in a fixed order in registers (no workgroup
+// memory or barriers). Masked pairs have P = 0 and so get no gradient.
 // Uses the forward's layout for every tensor; the gradients go to the same
 // row layout at their own offsets.
 
@@ -33,17 +35,31 @@ struct Params {
 }
 
 const MODE_MEDIA: u32 = 2u;
+const AWG: u32 = 64u;
 
 @group(1) @binding(0) var<uniform> p: Params;
 
-var<workgroup> sh_q: array<f32, 512>;  // [MAX_T, MAX_DH]
-var<workgroup> sh_k: array<f32, 512>;
-var<workgroup> sh_v: array<f32, 512>;
-var<workgroup> sh_do: array<f32, 512>;
-var<workgroup> sh_p: array<f32, 1024>; // [MAX_T, MAX_T], P then dS
-var<workgroup> sh_rd: array<f32, 32>;  // rowsum(dO * O)
+// A head row of dh <= 16 floats as the columns of a 4 x 4 matrix, zero
+// past dh. `off` is a multiple of 4.
+fn head_row(off: u32) -> mat4x4<f32> {
+    let dh4 = p.dh / 4u;
+    let b = off / 4u;
+    let z = vec4<f32>(0.0);
+    return mat4x4<f32>(select(z, mem4[b], dh4 > 0u), select(z, mem4[b + 1u], dh4 > 1u),
+        select(z, mem4[b + 2u], dh4 > 2u), select(z, mem4[b + 3u], dh4 > 3u));
+}
 
-// Row index (times its stride, without the tensor offset) of key j of
+fn dot16(a: mat4x4<f32>, b: mat4x4<f32>) -> f32 {
+    return dot(a[0], b[0]) + dot(a[1], b[1]) + dot(a[2], b[2]) + dot(a[3], b[3]);
+}
+
+fn store_row(off: u32, v: mat4x4<f32>) {
+    for (var d = 0u; d < p.dh; d++) {
+        mem[off + d] = v[d / 4u][d % 4u];
+    }
+}
+
+// Row offset (times its stride, without the tensor offset) of key j of
 // sequence b, or NONE for an empty media slot.
 fn key_row(rs: u32, b: u32, j: u32) -> u32 {
     if p.mode == MODE_MEDIA {
@@ -56,93 +72,57 @@ fn key_row(rs: u32, b: u32, j: u32) -> u32 {
     return (b * p.tk + j) * rs;
 }
 
-@compute @workgroup_size(WG)
-fn attention_backward(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let b = wg.x;
-    let h = wg.y;
+@compute @workgroup_size(AWG)
+fn attention_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    // x: head and role of sequence y; roles 0..tq are queries, then keys.
+    let roles = p.tq + p.tk;
+    if gid.x >= p.heads * roles {
+        return;
+    }
+    let b = gid.y;
+    let h = gid.x / roles;
+    let r = gid.x % roles;
     let hc = h * p.dh;
     let p_base = p.p_off + (b * p.heads + h) * p.tq * p.tk;
-    for (var i = lid; i < p.tq * p.dh; i += WG) {
-        let t = i / p.dh;
-        sh_q[i] = mem[p.q_off + (b * p.tq + t) * p.q_rs + hc + i % p.dh];
-        sh_do[i] = mem[p.do_off + (b * p.tq + t) * p.o_rs + hc + i % p.dh];
-    }
-    for (var i = lid; i < p.tk * p.dh; i += WG) {
-        let kr = key_row(p.k_rs, b, i / p.dh);
-        let vr = key_row(p.v_rs, b, i / p.dh);
-        var kv = 0.0;
-        var vv = 0.0;
-        if kr != NONE {
-            kv = mem[p.k_off + kr + hc + i % p.dh];
-            vv = mem[p.v_off + vr + hc + i % p.dh];
-        }
-        sh_k[i] = kv;
-        sh_v[i] = vv;
-    }
-    for (var i = lid; i < p.tq * p.tk; i += WG) {
-        sh_p[i] = mem[p_base + i];
-    }
-    if lid < p.tq {
+    if r < p.tq {
+        let t = r;
+        let row = (b * p.tq + t);
+        let d_o = head_row(p.do_off + row * p.o_rs + hc);
         // sum_j P[t, j] dP[t, j] equals dO[t] . O[t].
-        var acc = 0.0;
-        // From memory: sh_do is still being filled by other invocations.
-        let row = (b * p.tq + lid) * p.o_rs + hc;
-        for (var d = 0u; d < p.dh; d++) {
-            acc += mem[p.do_off + row + d] * mem[p.o_off + row + d];
-        }
-        sh_rd[lid] = acc;
-    }
-    workgroupBarrier();
-
-    for (var i = lid; i < p.tk * p.dh; i += WG) {
-        let j = i / p.dh;
-        let d = i % p.dh;
-        let vr = key_row(p.v_rs, b, j);
-        if vr == NONE {
-            continue;
-        }
-        var acc = 0.0;
-        for (var t = 0u; t < p.tq; t++) {
-            acc += sh_p[t * p.tk + j] * sh_do[t * p.dh + d];
-        }
-        mem[p.dv_off + vr + hc + d] = acc;
-    }
-    workgroupBarrier();
-
-    for (var i = lid; i < p.tq * p.tk; i += WG) {
-        let t = i / p.tk;
-        let j = i % p.tk;
-        var dp = 0.0;
-        for (var d = 0u; d < p.dh; d++) {
-            dp += sh_do[t * p.dh + d] * sh_v[j * p.dh + d];
-        }
-        sh_p[i] = sh_p[i] * (dp - sh_rd[t]);
-    }
-    workgroupBarrier();
-
-    for (var i = lid; i < p.tq * p.dh; i += WG) {
-        let t = i / p.dh;
-        let d = i % p.dh;
-        var acc = 0.0;
+        let rd = dot16(d_o, head_row(p.o_off + row * p.o_rs + hc));
+        var dq = mat4x4<f32>();
         for (var j = 0u; j < p.tk; j++) {
-            acc += sh_p[t * p.tk + j] * sh_k[j * p.dh + d];
+            let pr = mem[p_base + t * p.tk + j];
+            if pr == 0.0 {
+                continue;
+            }
+            let v = head_row(p.v_off + key_row(p.v_rs, b, j) + hc);
+            let ds = pr * (dot16(d_o, v) - rd);
+            dq += head_row(p.k_off + key_row(p.k_rs, b, j) + hc) * ds;
         }
-        mem[p.dq_off + (b * p.tq + t) * p.q_rs + hc + d] = acc * p.scale;
+        store_row(p.dq_off + row * p.q_rs + hc, dq * p.scale);
+        return;
     }
-    for (var i = lid; i < p.tk * p.dh; i += WG) {
-        let j = i / p.dh;
-        let d = i % p.dh;
-        let kr = key_row(p.k_rs, b, j);
-        if kr == NONE {
+    let j = r - p.tq;
+    let kr = key_row(p.k_rs, b, j);
+    if kr == NONE {
+        return;
+    }
+    let vr = key_row(p.v_rs, b, j);
+    let v = head_row(p.v_off + vr + hc);
+    var dk = mat4x4<f32>();
+    var dv = mat4x4<f32>();
+    for (var t = 0u; t < p.tq; t++) {
+        let pr = mem[p_base + t * p.tk + j];
+        if pr == 0.0 {
             continue;
         }
-        var acc = 0.0;
-        for (var t = 0u; t < p.tq; t++) {
-            acc += sh_p[t * p.tk + j] * sh_q[t * p.dh + d];
-        }
-        mem[p.dk_off + kr + hc + d] = acc * p.scale;
+        let row = (b * p.tq + t);
+        let d_o = head_row(p.do_off + row * p.o_rs + hc);
+        let rd = dot16(d_o, head_row(p.o_off + row * p.o_rs + hc));
+        dv += d_o * pr;
+        dk += head_row(p.q_off + row * p.q_rs + hc) * (pr * (dot16(d_o, v) - rd));
     }
+    store_row(p.dk_off + kr + hc, dk * p.scale);
+    store_row(p.dv_off + vr + hc, dv);
 }

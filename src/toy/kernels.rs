@@ -27,6 +27,9 @@ pub const NONE: u32 = u32::MAX;
 /// `min_uniform_buffer_offset_alignment`.
 pub const PARAMS_STRIDE: u64 = 256;
 
+/// Invocations per workgroup of the attention kernels; mirrors `AWG`.
+pub const ATTENTION_WORKGROUP_SIZE: u32 = 64;
+
 /// Longest attention sequence (queries or keys); mirrors `MAX_T`.
 pub const MAX_ATTENTION_LEN: u32 = 32;
 /// Largest attention head width; mirrors `MAX_DH`.
@@ -666,12 +669,14 @@ impl Dispatch {
 
     /// A [`Kernel::Attention`] launch over `batch` sequences.
     pub fn attention(p: AttentionParams, batch: u32) -> Self {
-        Self::new(Kernel::Attention, &p, [batch, p.heads])
+        let x = (p.heads * p.tq).div_ceil(ATTENTION_WORKGROUP_SIZE);
+        Self::new(Kernel::Attention, &p, [x.max(1), batch])
     }
 
     /// A [`Kernel::AttentionBackward`] launch over `batch` sequences.
     pub fn attention_backward(p: AttentionBackwardParams, batch: u32) -> Self {
-        Self::new(Kernel::AttentionBackward, &p, [batch, p.heads])
+        let x = (p.heads * (p.tq + p.tk)).div_ceil(ATTENTION_WORKGROUP_SIZE);
+        Self::new(Kernel::AttentionBackward, &p, [x.max(1), batch])
     }
 
     /// A [`Kernel::Embedding`] launch.
