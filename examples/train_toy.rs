@@ -175,6 +175,35 @@ fn cache_key(c: &ToyConfig) -> String {
     format!("lm-{:016x}.safetensors", h.finish())
 }
 
+/// Flamingo-stage rows of a metrics CSV written by `native::metrics_csv`.
+fn parse_metrics(csv: &str, groups: &[String]) -> Vec<MetricRow> {
+    csv.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            if f.first() != Some(&"flamingo") || f.len() < 5 + 2 * groups.len() {
+                return None;
+            }
+            let mut per_group = Vec::with_capacity(groups.len());
+            for (i, g) in groups.iter().enumerate() {
+                per_group.push((
+                    g.clone(),
+                    f[4 + 2 * i].parse().ok()?,
+                    f[5 + 2 * i].parse().ok()?,
+                ));
+            }
+            Some(MetricRow {
+                stage: "flamingo",
+                step: f[1].parse().ok()?,
+                loss: f[2].parse().ok()?,
+                lr: f[3].parse().ok()?,
+                groups: per_group,
+                seconds: f.last()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
 fn groups_line(groups: &[(String, f64, f32)]) -> String {
     groups
         .iter()
@@ -414,10 +443,12 @@ async fn run(args: Args) -> Result<(), ToyError> {
             csv = merged;
         }
     }
+    // The plot covers every row in the CSV, a resumed run's earlier ones too.
+    let all_rows = parse_metrics(&csv, &groups);
     write("metrics.csv", csv)?;
     write(
         "plot.svg",
-        native::plot_svg(&rows, &groups, trainer.clip().1),
+        native::plot_svg(&all_rows, &groups, trainer.clip().1),
     )?;
     println!(
         "outputs: {}/ (metrics.csv, plot.svg, samples/, checkpoint.safetensors)",
