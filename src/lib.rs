@@ -54,6 +54,8 @@ mod record;
 pub mod reference;
 mod report;
 pub mod shaders;
+#[cfg(feature = "toy")]
+pub mod toy;
 
 pub use error::{Error, Result};
 pub use pipelines::{ClipperOptions, GradClipper};

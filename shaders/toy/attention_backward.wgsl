@@ -1,0 +1,128 @@
+// attention_backward: gradients of q, k and v from the saved probabilities
+// P, the output O and its gradient dO: dS = P * (dO v^T - rowsum(dO * O)),
+// dQ = scale * dS k, dK = scale * dS^T q, dV = P^T dO. For each (sequence,
+// head), one invocation per query writes its dQ row and one per key its dK
+// and dV rows, each summing in a fixed order in registers (no workgroup
+// memory or barriers). Masked pairs have P = 0 and so get no gradient.
+// Uses the forward's layout for every tensor; the gradients go to the same
+// row layout at their own offsets.
+
+struct Params {
+    q_off: u32,
+    q_rs: u32,
+    k_off: u32,
+    k_rs: u32,
+    v_off: u32,
+    v_rs: u32,
+    o_off: u32,  // forward output, [b, tq, o_rs]
+    o_rs: u32,
+    p_off: u32,  // saved probabilities [b, heads, tq, tk]
+    tq: u32,
+    tk: u32,
+    dh: u32,
+    heads: u32,
+    mode: u32,
+    scale: f32,
+    slot_off: u32, // ints: [b, media] image slots (media mode)
+    media: u32,
+    latents: u32,
+    do_off: u32,  // [b, tq, o_rs] gradient of the output
+    dq_off: u32,  // gradients, laid out as q, k, v
+    dk_off: u32,
+    dv_off: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const MODE_MEDIA: u32 = 2u;
+const AWG: u32 = 64u;
+
+@group(1) @binding(0) var<uniform> p: Params;
+
+// A head row of dh <= 16 floats as the columns of a 4 x 4 matrix, zero
+// past dh. `off` is a multiple of 4.
+fn head_row(off: u32) -> mat4x4<f32> {
+    let dh4 = p.dh / 4u;
+    let b = off / 4u;
+    let z = vec4<f32>(0.0);
+    return mat4x4<f32>(select(z, mem4[b], dh4 > 0u), select(z, mem4[b + 1u], dh4 > 1u),
+        select(z, mem4[b + 2u], dh4 > 2u), select(z, mem4[b + 3u], dh4 > 3u));
+}
+
+fn dot16(a: mat4x4<f32>, b: mat4x4<f32>) -> f32 {
+    return dot(a[0], b[0]) + dot(a[1], b[1]) + dot(a[2], b[2]) + dot(a[3], b[3]);
+}
+
+fn store_row(off: u32, v: mat4x4<f32>) {
+    for (var d = 0u; d < p.dh; d++) {
+        mem[off + d] = v[d / 4u][d % 4u];
+    }
+}
+
+// Row offset (times its stride, without the tensor offset) of key j of
+// sequence b, or NONE for an empty media slot.
+fn key_row(rs: u32, b: u32, j: u32) -> u32 {
+    if p.mode == MODE_MEDIA {
+        let slot = ints[p.slot_off + b * p.media + j / p.latents];
+        if slot == NONE {
+            return NONE;
+        }
+        return (slot * p.latents + j % p.latents) * rs;
+    }
+    return (b * p.tk + j) * rs;
+}
+
+@compute @workgroup_size(AWG)
+fn attention_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    // x: head and role of sequence y; roles 0..tq are queries, then keys.
+    let roles = p.tq + p.tk;
+    if gid.x >= p.heads * roles {
+        return;
+    }
+    let b = gid.y;
+    let h = gid.x / roles;
+    let r = gid.x % roles;
+    let hc = h * p.dh;
+    let p_base = p.p_off + (b * p.heads + h) * p.tq * p.tk;
+    if r < p.tq {
+        let t = r;
+        let row = (b * p.tq + t);
+        let d_o = head_row(p.do_off + row * p.o_rs + hc);
+        // sum_j P[t, j] dP[t, j] equals dO[t] . O[t].
+        let rd = dot16(d_o, head_row(p.o_off + row * p.o_rs + hc));
+        var dq = mat4x4<f32>();
+        for (var j = 0u; j < p.tk; j++) {
+            let pr = mem[p_base + t * p.tk + j];
+            if pr == 0.0 {
+                continue;
+            }
+            let v = head_row(p.v_off + key_row(p.v_rs, b, j) + hc);
+            let ds = pr * (dot16(d_o, v) - rd);
+            dq += head_row(p.k_off + key_row(p.k_rs, b, j) + hc) * ds;
+        }
+        store_row(p.dq_off + row * p.q_rs + hc, dq * p.scale);
+        return;
+    }
+    let j = r - p.tq;
+    let kr = key_row(p.k_rs, b, j);
+    if kr == NONE {
+        return;
+    }
+    let vr = key_row(p.v_rs, b, j);
+    let v = head_row(p.v_off + vr + hc);
+    var dk = mat4x4<f32>();
+    var dv = mat4x4<f32>();
+    for (var t = 0u; t < p.tq; t++) {
+        let pr = mem[p_base + t * p.tk + j];
+        if pr == 0.0 {
+            continue;
+        }
+        let row = (b * p.tq + t);
+        let d_o = head_row(p.do_off + row * p.o_rs + hc);
+        let rd = dot16(d_o, head_row(p.o_off + row * p.o_rs + hc));
+        dv += d_o * pr;
+        dk += head_row(p.q_off + row * p.q_rs + hc) * (pr * (dot16(d_o, v) - rd));
+    }
+    store_row(p.dk_off + kr + hc, dk * p.scale);
+    store_row(p.dv_off + vr + hc, dv);
+}
