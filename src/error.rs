@@ -32,7 +32,9 @@ pub enum Error {
     },
 
     /// A view reaches past the end of its buffer.
-    #[error("group `{group}` view {view}: bytes {start}..{end} lie outside its buffer of {size} bytes")]
+    #[error(
+        "group `{group}` view {view}: bytes {start}..{end} lie outside its buffer of {size} bytes"
+    )]
     ViewOutOfRange {
         group: String,
         view: usize,

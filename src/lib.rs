@@ -85,7 +85,11 @@ pub struct GradView {
 impl GradView {
     /// A view of `len` f32 elements starting `offset` bytes into `buffer`.
     pub fn new(buffer: &wgpu::Buffer, offset: u64, len: u64) -> Self {
-        Self { buffer: buffer.clone(), offset, len }
+        Self {
+            buffer: buffer.clone(),
+            offset,
+            len,
+        }
     }
 
     /// A view of the whole buffer, as f32 elements.
@@ -108,7 +112,10 @@ pub struct ClipGroup {
 impl ClipGroup {
     /// A group named `name` over `views`.
     pub fn new(name: impl Into<String>, views: impl IntoIterator<Item = GradView>) -> Self {
-        Self { name: name.into(), views: views.into_iter().collect() }
+        Self {
+            name: name.into(),
+            views: views.into_iter().collect(),
+        }
     }
 }
 
@@ -244,7 +251,12 @@ pub async fn clip_grad_norm_async(
 /// PyTorch's `clip_grad_value_(grads, clip_value)` in one call: clamps every
 /// element to `[-clip_value, clip_value]` and waits. Native only.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn clip_grad_value(device: &wgpu::Device, queue: &wgpu::Queue, grads: &[GradView], clip_value: f32) -> Result<()> {
+pub fn clip_grad_value(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    grads: &[GradView],
+    clip_value: f32,
+) -> Result<()> {
     let clipper = GradClipper::new(device)?;
     let plan = clipper.plan_value(&[ClipGroup::new("all", grads.iter().cloned())], clip_value)?;
     let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -257,3 +269,8 @@ pub fn clip_grad_value(device: &wgpu::Device, queue: &wgpu::Queue, grads: &[Grad
         .map_err(|e| Error::Wgpu(e.to_string()))?;
     Ok(())
 }
+
+// The README's examples are compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::shaders::{self, GradAccess, Kernel, FIRST_GRAD_BINDING, MAX_GRAD_SLOTS, WORKGROUP_SIZE};
+use crate::shaders::{
+    self, GradAccess, Kernel, FIRST_GRAD_BINDING, MAX_GRAD_SLOTS, WORKGROUP_SIZE,
+};
 use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,7 +65,9 @@ fn base_entries() -> Vec<wgpu::BindGroupLayoutEntry> {
             ty: wgpu::BindingType::Buffer {
                 ty: wgpu::BufferBindingType::Uniform,
                 has_dynamic_offset: false,
-                min_binding_size: wgpu::BufferSize::new(std::mem::size_of::<crate::record::Params>() as u64),
+                min_binding_size: wgpu::BufferSize::new(
+                    std::mem::size_of::<crate::record::Params>() as u64,
+                ),
             },
             count: None,
         },
@@ -113,11 +117,12 @@ impl GradClipper {
             bind_group_layouts: &[Some(&grad_layout)],
             immediate_size: 0,
         });
-        let finalize_pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("wgpu_gradclip.finalize_pipeline_layout"),
-            bind_group_layouts: &[Some(&finalize_layout)],
-            immediate_size: 0,
-        });
+        let finalize_pipeline_layout =
+            device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("wgpu_gradclip.finalize_pipeline_layout"),
+                bind_group_layouts: &[Some(&finalize_layout)],
+                immediate_size: 0,
+            });
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu_gradclip.unused_slot"),
             size: 16,
@@ -165,20 +170,25 @@ impl Shared {
         } else {
             &self.finalize_pipeline_layout
         };
-        let label = format!("wgpu_gradclip.{}.{:?}.kind{}", key.entry, key.access, key.norm_kind);
+        let label = format!(
+            "wgpu_gradclip.{}.{:?}.kind{}",
+            key.entry, key.access, key.norm_kind
+        );
         log::debug!("wgpu_gradclip: building pipeline {label}");
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&label),
-            layout: Some(layout),
-            module: &module,
-            entry_point: Some(key.entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &[("NORM_KIND", f64::from(key.norm_kind))],
-                // Every workgroup variable is written before it is read.
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(layout),
+                module: &module,
+                entry_point: Some(key.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[("NORM_KIND", f64::from(key.norm_kind))],
+                    // Every workgroup variable is written before it is read.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
         pipelines.insert(key, pipeline.clone());
         pipeline
     }
@@ -189,10 +199,11 @@ impl Shared {
             .entry((kernel, access))
             .or_insert_with(|| {
                 let source = shaders::compose(kernel, access, self.slots);
-                self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(&format!("wgpu_gradclip.{kernel:?}.{access:?}")),
-                    source: wgpu::ShaderSource::Wgsl(source.into()),
-                })
+                self.device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(&format!("wgpu_gradclip.{kernel:?}.{access:?}")),
+                        source: wgpu::ShaderSource::Wgsl(source.into()),
+                    })
             })
             .clone()
     }

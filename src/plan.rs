@@ -69,7 +69,10 @@ pub(crate) struct Layout {
 /// Why a layout could not be made; indices refer to the caller's groups.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum LayoutError {
-    Overlap { first: (u32, usize), second: (u32, usize) },
+    Overlap {
+        first: (u32, usize),
+        second: (u32, usize),
+    },
     TooLarge(String),
 }
 
@@ -89,7 +92,9 @@ pub(crate) fn layout(
     limits: &LayoutLimits,
 ) -> Result<Layout, LayoutError> {
     if n_groups >= 1 << 24 {
-        return Err(LayoutError::TooLarge(format!("{n_groups} groups (at most 2^24 - 1)")));
+        return Err(LayoutError::TooLarge(format!(
+            "{n_groups} groups (at most 2^24 - 1)"
+        )));
     }
     let runs = merge_runs(views)?;
 
@@ -127,16 +132,29 @@ pub(crate) fn layout(
             let avail = (buffer_sizes[buffer] - offset).min(stride);
             let vec4_size = avail / 16 * 16;
             if vec4_size > 0 && offset + vec4_size >= used_end {
-                Window { buffer, offset, size: vec4_size, access: GradAccess::Vec4 }
+                Window {
+                    buffer,
+                    offset,
+                    size: vec4_size,
+                    access: GradAccess::Vec4,
+                }
             } else {
-                Window { buffer, offset, size: avail / 4 * 4, access: GradAccess::Scalar }
+                Window {
+                    buffer,
+                    offset,
+                    size: avail / 4 * 4,
+                    access: GradAccess::Scalar,
+                }
             }
         })
         .collect();
     // Vec4 windows first, so batches are homogeneous and the fast path fills.
     windows.sort_by_key(|w| (w.access == GradAccess::Scalar, w.buffer, w.offset));
-    let window_of: std::collections::HashMap<(usize, u64), usize> =
-        windows.iter().enumerate().map(|(i, w)| ((w.buffer, w.offset), i)).collect();
+    let window_of: std::collections::HashMap<(usize, u64), usize> = windows
+        .iter()
+        .enumerate()
+        .map(|(i, w)| ((w.buffer, w.offset), i))
+        .collect();
 
     // Batches: consecutive windows of one access type, `slots` at a time.
     let mut batches: Vec<Batch> = Vec::new();
@@ -182,7 +200,11 @@ pub(crate) fn layout(
     for (b, list) in per_batch.into_iter().enumerate() {
         let n = list.len() as u64;
         let max_dim = u64::from(limits.max_workgroups_per_dim);
-        let grid = if n <= max_dim { (n, 1) } else { (max_dim, n.div_ceil(max_dim)) };
+        let grid = if n <= max_dim {
+            (n, 1)
+        } else {
+            (max_dim, n.div_ceil(max_dim))
+        };
         if grid.1 > max_dim || chunks.len() as u64 + n > u64::from(u32::MAX) {
             return Err(LayoutError::TooLarge(format!("{n} chunks in one batch")));
         }
@@ -209,7 +231,12 @@ pub(crate) fn layout(
         r[1] += 1;
     }
 
-    Ok(Layout { windows, batches, chunks, group_ranges })
+    Ok(Layout {
+        windows,
+        batches,
+        chunks,
+        group_ranges,
+    })
 }
 
 /// Sorts views by address, rejects overlaps, and merges views of one group
@@ -235,10 +262,17 @@ fn merge_runs(views: &[ViewSpec]) -> Result<Vec<Run>, LayoutError> {
             reach = Some((v, end));
         }
         match runs.last_mut() {
-            Some(r) if r.buffer == v.buffer && r.group == v.group && r.offset + r.bytes == v.offset => {
+            Some(r)
+                if r.buffer == v.buffer && r.group == v.group && r.offset + r.bytes == v.offset =>
+            {
                 r.bytes += v.len * 4;
             }
-            _ => runs.push(Run { buffer: v.buffer, offset: v.offset, bytes: v.len * 4, group: v.group }),
+            _ => runs.push(Run {
+                buffer: v.buffer,
+                offset: v.offset,
+                bytes: v.len * 4,
+                group: v.group,
+            }),
         }
     }
     Ok(runs)
@@ -271,7 +305,13 @@ mod tests {
         (0..n)
             .map(|i| {
                 let len = 1 + (i as u64 * 37) % 200;
-                let v = ViewSpec { buffer: 0, offset, len, group: i as u32 % groups, view: i };
+                let v = ViewSpec {
+                    buffer: 0,
+                    offset,
+                    len,
+                    group: i as u32 % groups,
+                    view: i,
+                };
                 offset += len * 4 + 4 * (i as u64 % 3);
                 v
             })
@@ -289,14 +329,23 @@ mod tests {
             let covered: u64 = l.chunks.iter().map(|c| u64::from(c[2])).sum();
             assert_eq!(total, covered);
         }
-        assert!(counts.iter().all(|&c| c == 3), "dispatches per arena: {counts:?}");
+        assert!(
+            counts.iter().all(|&c| c == 3),
+            "dispatches per arena: {counts:?}"
+        );
     }
 
     #[test]
     fn large_views_split_across_windows_and_chunks() {
         // 3.5 MiB in one view, 1 MiB bindings: four windows, two batches.
         let len = (7u64 << 20) / 2 / 4;
-        let views = [ViewSpec { buffer: 0, offset: 12, len, group: 0, view: 0 }];
+        let views = [ViewSpec {
+            buffer: 0,
+            offset: 12,
+            len,
+            group: 0,
+            view: 0,
+        }];
         let l = layout(&views, &[len * 4 + 12], 1, &limits()).unwrap();
         assert_eq!(l.windows.len(), 4);
         assert_eq!(l.batches.len(), 2);
@@ -313,7 +362,13 @@ mod tests {
         let mut lim = limits();
         lim.max_workgroups_per_dim = 16;
         lim.chunk_elements = 4;
-        let views = [ViewSpec { buffer: 0, offset: 0, len: 4 * 100, group: 0, view: 0 }];
+        let views = [ViewSpec {
+            buffer: 0,
+            offset: 0,
+            len: 4 * 100,
+            group: 0,
+            view: 0,
+        }];
         let l = layout(&views, &[1600], 1, &lim).unwrap();
         assert_eq!(l.batches[0].n_chunks, 100);
         assert_eq!(l.batches[0].grid, (16, 7));
@@ -322,30 +377,78 @@ mod tests {
     #[test]
     fn overlaps_are_rejected_and_touching_views_merge() {
         let touching = [
-            ViewSpec { buffer: 0, offset: 0, len: 4, group: 0, view: 0 },
-            ViewSpec { buffer: 0, offset: 16, len: 4, group: 0, view: 1 },
+            ViewSpec {
+                buffer: 0,
+                offset: 0,
+                len: 4,
+                group: 0,
+                view: 0,
+            },
+            ViewSpec {
+                buffer: 0,
+                offset: 16,
+                len: 4,
+                group: 0,
+                view: 1,
+            },
         ];
         let l = layout(&touching, &[64], 1, &limits()).unwrap();
         assert_eq!(l.chunks.len(), 1);
 
         let overlapping = [
-            ViewSpec { buffer: 0, offset: 0, len: 100, group: 0, view: 0 },
-            ViewSpec { buffer: 0, offset: 40, len: 4, group: 1, view: 0 },
-            ViewSpec { buffer: 0, offset: 200, len: 4, group: 1, view: 1 },
+            ViewSpec {
+                buffer: 0,
+                offset: 0,
+                len: 100,
+                group: 0,
+                view: 0,
+            },
+            ViewSpec {
+                buffer: 0,
+                offset: 40,
+                len: 4,
+                group: 1,
+                view: 0,
+            },
+            ViewSpec {
+                buffer: 0,
+                offset: 200,
+                len: 4,
+                group: 1,
+                view: 1,
+            },
         ];
         let err = layout(&overlapping, &[1024], 2, &limits()).unwrap_err();
-        assert_eq!(err, LayoutError::Overlap { first: (0, 0), second: (1, 0) });
+        assert_eq!(
+            err,
+            LayoutError::Overlap {
+                first: (0, 0),
+                second: (1, 0)
+            }
+        );
     }
 
     #[test]
     fn ragged_buffer_end_falls_back_to_scalar_access() {
         // A 20-byte buffer: the last element is outside any whole vec4.
-        let views = [ViewSpec { buffer: 0, offset: 0, len: 5, group: 0, view: 0 }];
+        let views = [ViewSpec {
+            buffer: 0,
+            offset: 0,
+            len: 5,
+            group: 0,
+            view: 0,
+        }];
         let l = layout(&views, &[20], 1, &limits()).unwrap();
         assert_eq!(l.windows[0].access, GradAccess::Scalar);
         assert_eq!(l.windows[0].size, 20);
 
-        let views = [ViewSpec { buffer: 0, offset: 0, len: 4, group: 0, view: 0 }];
+        let views = [ViewSpec {
+            buffer: 0,
+            offset: 0,
+            len: 4,
+            group: 0,
+            view: 0,
+        }];
         let l = layout(&views, &[20], 1, &limits()).unwrap();
         assert_eq!(l.windows[0].access, GradAccess::Vec4);
         assert_eq!(l.windows[0].size, 16);

@@ -57,8 +57,8 @@ fn norm_kind_of(norm: Norm) -> u32 {
     match norm {
         Norm::Inf => norm_kind::INF,
         Norm::L2 => norm_kind::L2,
-        Norm::P(p) if p == 1.0 => norm_kind::L1,
-        Norm::P(p) if p == 2.0 => norm_kind::L2,
+        Norm::P(1.0) => norm_kind::L1,
+        Norm::P(2.0) => norm_kind::L2,
         Norm::P(_) => norm_kind::GENERAL,
     }
 }
@@ -129,13 +129,21 @@ impl GradClipper {
         });
 
         let pipeline = |kernel: Kernel, access: GradAccess, entry: &'static str| {
-            self.shared.pipeline(PipelineKey { kernel, access, norm_kind: kind, entry })
+            self.shared.pipeline(PipelineKey {
+                kernel,
+                access,
+                norm_kind: kind,
+                entry,
+            })
         };
         let mut norm = HashMap::new();
         let mut scale = HashMap::new();
         for b in &bound.batches {
-            norm.entry(b.access).or_insert_with(|| pipeline(Kernel::Norm, b.access, "norm_partials"));
-            scale.entry(b.access).or_insert_with(|| pipeline(Kernel::Scale, b.access, "scale"));
+            norm.entry(b.access)
+                .or_insert_with(|| pipeline(Kernel::Norm, b.access, "norm_partials"));
+            scale
+                .entry(b.access)
+                .or_insert_with(|| pipeline(Kernel::Scale, b.access, "scale"));
         }
         let finalize = |entry| pipeline(Kernel::Finalize, GradAccess::Vec4, entry);
 
@@ -170,7 +178,10 @@ impl GradClipper {
         if clip_value.is_nan() || clip_value <= 0.0 {
             return Err(Error::InvalidClipValue(clip_value));
         }
-        let params = Params { clip_value, ..Params::default() };
+        let params = Params {
+            clip_value,
+            ..Params::default()
+        };
         let bound = self.bind(groups, crate::DEFAULT_CHUNK_ELEMENTS, params, false)?;
         let mut pipelines = HashMap::new();
         for b in &bound.batches {
@@ -198,6 +209,8 @@ impl GradClipper {
 
         // Distinct buffers, and validated views.
         let mut buffers: Vec<wgpu::Buffer> = Vec::new();
+        // wgpu hashes and compares buffers by identity, not by contents.
+        #[allow(clippy::mutable_key_type)]
         let mut index_of: HashMap<wgpu::Buffer, usize> = HashMap::new();
         let mut views = Vec::new();
         let mut first_use: Vec<(usize, usize)> = Vec::new();
@@ -206,10 +219,17 @@ impl GradClipper {
                 let err_ctx = || (group.name.clone(), v);
                 if view.offset % 4 != 0 {
                     let (group, view_ix) = err_ctx();
-                    return Err(Error::MisalignedView { group, view: view_ix, offset: view.offset });
+                    return Err(Error::MisalignedView {
+                        group,
+                        view: view_ix,
+                        offset: view.offset,
+                    });
                 }
                 let size = view.buffer.size();
-                let end = view.len.checked_mul(4).and_then(|b| b.checked_add(view.offset));
+                let end = view
+                    .len
+                    .checked_mul(4)
+                    .and_then(|b| b.checked_add(view.offset));
                 if end.is_none_or(|end| end > size) {
                     let (group, view_ix) = err_ctx();
                     return Err(Error::ViewOutOfRange {
@@ -222,14 +242,36 @@ impl GradClipper {
                 }
                 if !view.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
                     let (group, view_ix) = err_ctx();
-                    return Err(Error::MissingStorageUsage { group, view: view_ix, usage: view.buffer.usage() });
+                    return Err(Error::MissingStorageUsage {
+                        group,
+                        view: view_ix,
+                        usage: view.buffer.usage(),
+                    });
                 }
                 let buffer = *index_of.entry(view.buffer.clone()).or_insert_with(|| {
                     buffers.push(view.buffer.clone());
                     first_use.push((g, v));
                     buffers.len() - 1
                 });
-                views.push(ViewSpec { buffer, offset: view.offset, len: view.len, group: g as u32, view: v });
+                // wgpu compares buffers by id, and ids are only unique within
+                // one instance: an "equal" buffer of another size or usage is
+                // a buffer of another instance's device.
+                let known = &buffers[buffer];
+                if known.size() != size || known.usage() != view.buffer.usage() {
+                    let (group, view_ix) = err_ctx();
+                    return Err(Error::ForeignBuffer {
+                        group,
+                        view: view_ix,
+                        message: "it comes from another wgpu instance".into(),
+                    });
+                }
+                views.push(ViewSpec {
+                    buffer,
+                    offset: view.offset,
+                    len: view.len,
+                    group: g as u32,
+                    view: v,
+                });
             }
         }
 
@@ -242,15 +284,17 @@ impl GradClipper {
             chunk_elements,
         };
         let sizes: Vec<u64> = buffers.iter().map(|b| b.size()).collect();
-        let layout = plan::layout(&views, &sizes, groups.len() as u32, &layout_limits).map_err(|e| match e {
-            LayoutError::Overlap { first, second } => Error::OverlappingViews {
-                first_group: groups[first.0 as usize].name.clone(),
-                first_view: first.1,
-                second_group: groups[second.0 as usize].name.clone(),
-                second_view: second.1,
+        let layout = plan::layout(&views, &sizes, groups.len() as u32, &layout_limits).map_err(
+            |e| match e {
+                LayoutError::Overlap { first, second } => Error::OverlappingViews {
+                    first_group: groups[first.0 as usize].name.clone(),
+                    first_view: first.1,
+                    second_group: groups[second.0 as usize].name.clone(),
+                    second_view: second.1,
+                },
+                LayoutError::TooLarge(msg) => Error::PlanTooLarge(msg),
             },
-            LayoutError::TooLarge(msg) => Error::PlanTooLarge(msg),
-        })?;
+        )?;
 
         // The plan table: chunks, then one (first partial, count) per group.
         let n_chunks = layout.chunks.len() as u32;
@@ -271,7 +315,9 @@ impl GradClipper {
         let scratch = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu_gradclip.scratch"),
             size: u64::from(coef_base + n_groups + 1) * 16,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
 
@@ -287,7 +333,12 @@ impl GradClipper {
         };
         let mut blocks = vec![0u8; (stride * (layout.batches.len() as u64 + 1)) as usize];
         for (i, b) in layout.batches.iter().enumerate() {
-            let p = Params { chunk_base: b.chunk_base, n_chunks: b.n_chunks, grid_x: b.grid.0, ..base };
+            let p = Params {
+                chunk_base: b.chunk_base,
+                n_chunks: b.n_chunks,
+                grid_x: b.grid.0,
+                ..base
+            };
             let at = i * stride as usize;
             blocks[at..at + 64].copy_from_slice(bytemuck::bytes_of(&p));
         }
@@ -315,8 +366,14 @@ impl GradClipper {
             .map(|(i, b)| {
                 let mut entries = vec![
                     params_entry(i),
-                    wgpu::BindGroupEntry { binding: 1, resource: plan_table.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 2, resource: scratch.as_entire_binding() },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: plan_table.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: scratch.as_entire_binding(),
+                    },
                 ];
                 for slot in 0..shared.slots {
                     let resource = match b.windows.get(slot as usize) {
@@ -330,7 +387,10 @@ impl GradClipper {
                         }
                         None => shared.dummy.as_entire_binding(),
                     };
-                    entries.push(wgpu::BindGroupEntry { binding: FIRST_GRAD_BINDING + slot, resource });
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: FIRST_GRAD_BINDING + slot,
+                        resource,
+                    });
                 }
                 BatchGpu {
                     bind_group: device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -353,13 +413,25 @@ impl GradClipper {
                 layout: &shared.finalize_layout,
                 entries: &[
                     params_entry(layout.batches.len()),
-                    wgpu::BindGroupEntry { binding: 1, resource: plan_table.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 2, resource: scratch.as_entire_binding() },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: plan_table.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: scratch.as_entire_binding(),
+                    },
                 ],
             })
         });
 
-        Ok(Bound { layout, batches, finalize_bind_group, scratch, results_base })
+        Ok(Bound {
+            layout,
+            batches,
+            finalize_bind_group,
+            scratch,
+            results_base,
+        })
     }
 
     /// Finds the first view whose buffer the device rejects.
@@ -399,7 +471,11 @@ impl GradClipper {
                 }],
             });
             if let Some(message) = resolve_now(scope.pop()) {
-                return Error::ForeignBuffer { group: groups[g].name.clone(), view: v, message };
+                return Error::ForeignBuffer {
+                    group: groups[g].name.clone(),
+                    view: v,
+                    message,
+                };
             }
         }
         Error::Wgpu(message)
@@ -508,7 +584,11 @@ impl ClipPlan {
     /// collective, and copy them back before
     /// [`ClipPlan::record_clip_with_norms`].
     pub fn power_sums_binding(&self) -> (&wgpu::Buffer, u64, u64) {
-        (&self.bound.scratch, u64::from(self.bound.results_base) * 16, self.names.len() as u64 * 16)
+        (
+            &self.bound.scratch,
+            u64::from(self.bound.results_base) * 16,
+            self.names.len() as u64 * 16,
+        )
     }
 
     /// Records a copy of this step's norms and coefficients into the plan's
@@ -523,7 +603,13 @@ impl ClipPlan {
         }
         if !self.names.is_empty() {
             let offset = u64::from(self.bound.results_base) * 16;
-            encoder.copy_buffer_to_buffer(&self.bound.scratch, offset, &self.readback, 0, self.report_size);
+            encoder.copy_buffer_to_buffer(
+                &self.bound.scratch,
+                offset,
+                &self.readback,
+                0,
+                self.report_size,
+            );
         }
         *state = ReportState::Recorded;
         Ok(())
@@ -555,9 +641,11 @@ impl ClipPlan {
     /// Records the clip and its report, submits them to `queue`, and reads
     /// the report back: the one-call form of a clip.
     pub async fn run(&self, queue: &wgpu::Queue) -> Result<ClipReport> {
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("wgpu_gradclip.run"),
-        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgpu_gradclip.run"),
+            });
         self.record(&mut encoder);
         self.record_report(&mut encoder)?;
         queue.submit([encoder.finish()]);
@@ -584,11 +672,22 @@ impl ClipPlan {
         }
     }
 
-    fn begin<'e>(&self, encoder: &'e mut wgpu::CommandEncoder, label: &str) -> wgpu::ComputePass<'e> {
-        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None })
+    fn begin<'e>(
+        &self,
+        encoder: &'e mut wgpu::CommandEncoder,
+        label: &str,
+    ) -> wgpu::ComputePass<'e> {
+        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(label),
+            timestamp_writes: None,
+        })
     }
 
-    fn dispatch_batches(&self, pass: &mut wgpu::ComputePass<'_>, pipelines: &HashMap<GradAccess, wgpu::ComputePipeline>) {
+    fn dispatch_batches(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        pipelines: &HashMap<GradAccess, wgpu::ComputePipeline>,
+    ) {
         for b in &self.bound.batches {
             pass.set_pipeline(&pipelines[&b.access]);
             pass.set_bind_group(0, &b.bind_group, &[]);
@@ -596,7 +695,11 @@ impl ClipPlan {
         }
     }
 
-    fn dispatch_finalize(&self, pass: &mut wgpu::ComputePass<'_>, pipeline: &wgpu::ComputePipeline) {
+    fn dispatch_finalize(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        pipeline: &wgpu::ComputePipeline,
+    ) {
         if let Some(bg) = &self.bound.finalize_bind_group {
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, bg, &[]);

@@ -58,7 +58,11 @@ pub fn combine_norms(group_norms: &[f64], norm: Norm) -> f64 {
     if max == 0.0 {
         return 0.0;
     }
-    max * group_norms.iter().map(|n| (n / max).powf(p)).sum::<f64>().powf(1.0 / p)
+    max * group_norms
+        .iter()
+        .map(|n| (n / max).powf(p))
+        .sum::<f64>()
+        .powf(1.0 / p)
 }
 
 /// PyTorch's clip coefficient: `min(1, max_norm / (norm + eps))`, NaN for

@@ -74,8 +74,8 @@ impl PowerSum {
         if self.scaled_sum == 0.0 {
             return 0.0;
         }
-        let log2 = f64::from(self.exponent - 127)
-            + ((f64::from(self.scaled_sum)).log2() + p_shift(p)) / p;
+        let log2 =
+            f64::from(self.exponent - 127) + ((f64::from(self.scaled_sum)).log2() + p_shift(p)) / p;
         log2.exp2()
     }
 
@@ -84,12 +84,22 @@ impl PowerSum {
         let flags = self.flags | other.flags;
         let exponent = self.exponent.max(other.exponent);
         let Some(p) = order(norm) else {
-            return PowerSum { exponent, scaled_sum: 0.0, flags, padding: 0 };
+            return PowerSum {
+                exponent,
+                scaled_sum: 0.0,
+                flags,
+                padding: 0,
+            };
         };
         let rescale = |e: i32| (p * f64::from(e - exponent)).exp2();
         let s = f64::from(self.scaled_sum) * rescale(self.exponent)
             + f64::from(other.scaled_sum) * rescale(other.exponent);
-        PowerSum { exponent, scaled_sum: s as f32, flags, padding: 0 }
+        PowerSum {
+            exponent,
+            scaled_sum: s as f32,
+            flags,
+            padding: 0,
+        }
     }
 }
 
@@ -130,13 +140,21 @@ pub struct ClipReport {
 impl ClipReport {
     /// Names of the groups that held NaN or infinity.
     pub fn nonfinite_groups(&self) -> Vec<&str> {
-        self.groups.iter().filter(|g| g.nonfinite).map(|g| g.name.as_str()).collect()
+        self.groups
+            .iter()
+            .filter(|g| g.nonfinite)
+            .map(|g| g.name.as_str())
+            .collect()
     }
 
     /// PyTorch's `error_if_nonfinite`: an error naming the non-finite
     /// groups, if any. Under the error policy their gradients are untouched.
     pub fn check_finite(&self) -> Result<()> {
-        let groups: Vec<String> = self.nonfinite_groups().into_iter().map(String::from).collect();
+        let groups: Vec<String> = self
+            .nonfinite_groups()
+            .into_iter()
+            .map(String::from)
+            .collect();
         if groups.is_empty() {
             Ok(())
         } else {
@@ -157,7 +175,13 @@ impl ClipReport {
         let words: &[u32] = bytemuck::cast_slice(bytes);
         let sums: &[PowerSum] = bytemuck::cast_slice(&words[..4 * (n + 1)]);
         let coefs = &words[4 * (n + 1)..];
-        let entry = |g: usize| (f32::from_bits(coefs[4 * g + 1]), coefs[4 * g + 2], coefs[4 * g + 3] != 0);
+        let entry = |g: usize| {
+            (
+                f32::from_bits(coefs[4 * g + 1]),
+                coefs[4 * g + 2],
+                coefs[4 * g + 3] != 0,
+            )
+        };
         let groups = names
             .iter()
             .enumerate()
@@ -183,13 +207,22 @@ impl ClipReport {
     }
 
     pub(crate) fn empty() -> ClipReport {
-        ClipReport { total_norm: 0.0, total_coefficient: 1.0, groups: Vec::new(), skipped: false }
+        ClipReport {
+            total_norm: 0.0,
+            total_coefficient: 1.0,
+            groups: Vec::new(),
+            skipped: false,
+        }
     }
 }
 
 /// Maps `buffer[..size]`, copies it out and unmaps. On native this polls the
 /// device until the map completes; in the browser it only awaits.
-pub(crate) async fn read_buffer(device: &wgpu::Device, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+pub(crate) async fn read_buffer(
+    device: &wgpu::Device,
+    buffer: &wgpu::Buffer,
+    size: u64,
+) -> Result<Vec<u8>> {
     let (tx, rx) = futures::channel::oneshot::channel();
     let slice = buffer.slice(..size);
     slice.map_async(wgpu::MapMode::Read, move |r| {

@@ -43,7 +43,12 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, for tests and tooling.
-    pub const ALL: [Kernel; 4] = [Kernel::Norm, Kernel::Scale, Kernel::ClampValue, Kernel::Finalize];
+    pub const ALL: [Kernel; 4] = [
+        Kernel::Norm,
+        Kernel::Scale,
+        Kernel::ClampValue,
+        Kernel::Finalize,
+    ];
 
     /// Entry points of this kernel's module.
     pub fn entry_points(self) -> &'static [&'static str] {
@@ -147,7 +152,10 @@ mod tests {
         for slot in 0..3 {
             assert!(src.contains(&format!("fn norm_range_{slot}(")));
             assert!(src.contains(&format!("case {slot}u: {{ norm_range_{slot}(")));
-            assert!(src.contains(&format!("@binding({}) var<storage, read_write> grad_{slot}", slot + 3)));
+            assert!(src.contains(&format!(
+                "@binding({}) var<storage, read_write> grad_{slot}",
+                slot + 3
+            )));
         }
         assert!(!src.contains("norm_range_3("));
         assert!(!src.contains("SLOT"));

@@ -22,15 +22,23 @@ fn check_module(name: &str, source: &str, entry_points: &[&str], constants: &[(&
     }
     for &entry in entry_points {
         let ep = Some((naga::ShaderStage::Compute, entry));
-        let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, ep, &pipeline_constants)
-            .unwrap_or_else(|e| panic!("{name}/{entry}: overrides: {e}"));
+        let (module, info) = naga::back::pipeline_constants::process_overrides(
+            &module,
+            &info,
+            ep,
+            &pipeline_constants,
+        )
+        .unwrap_or_else(|e| panic!("{name}/{entry}: overrides: {e}"));
         let ctx = format!("{name}/{entry} {constants:?}");
 
         spv::write_vec(
             &module,
             &info,
             &spv::Options::default(),
-            Some(&spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: entry.into() }),
+            Some(&spv::PipelineOptions {
+                shader_stage: naga::ShaderStage::Compute,
+                entry_point: entry.into(),
+            }),
         )
         .unwrap_or_else(|e| panic!("{ctx}: SPIR-V: {e}"));
 
@@ -47,7 +55,9 @@ fn check_module(name: &str, source: &str, entry_points: &[&str], constants: &[(&
 
         let mut hlsl_out = String::new();
         let hlsl_options = hlsl::Options::default();
-        let hlsl_pipeline = hlsl::PipelineOptions { entry_point: Some((naga::ShaderStage::Compute, entry.into())) };
+        let hlsl_pipeline = hlsl::PipelineOptions {
+            entry_point: Some((naga::ShaderStage::Compute, entry.into())),
+        };
         hlsl::Writer::new(&mut hlsl_out, &hlsl_options, &hlsl_pipeline)
             .write(&module, &info, None)
             .unwrap_or_else(|e| panic!("{ctx}: HLSL: {e}"));
@@ -82,7 +92,12 @@ fn clipping_kernels_validate_and_translate_everywhere() {
                 let source = compose(kernel, access, slots);
                 let name = format!("{kernel:?}/{access:?}/{slots} slots");
                 for kind in NORM_KINDS {
-                    check_module(&name, &source, kernel.entry_points(), &[("NORM_KIND", f64::from(kind))]);
+                    check_module(
+                        &name,
+                        &source,
+                        kernel.entry_points(),
+                        &[("NORM_KIND", f64::from(kind))],
+                    );
                 }
                 if !kernel.uses_grads() {
                     break;
