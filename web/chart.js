@@ -15,6 +15,17 @@ function niceLinearTicks(lo, hi, count) {
   return ticks;
 }
 
+// Ticks of a log axis spanning decades lo..hi (log10 values): every decade,
+// plus 2x and 5x when there are too few decades to read values from.
+function logTicks(lo, hi) {
+  const ticks = [];
+  for (let d = lo; d <= hi; d++) {
+    ticks.push(d);
+    if (hi - lo <= 2 && d < hi) ticks.push(d + Math.log10(2), d + Math.log10(5));
+  }
+  return ticks;
+}
+
 function formatTick(v) {
   if (v === 0) return "0";
   const a = Math.abs(v);
@@ -90,9 +101,7 @@ export class LineChart {
     ctx.strokeStyle = "#ecece7";
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
-    const yTicks = this.logY
-      ? Array.from({ length: yMax - yMin + 1 }, (_, i) => yMin + i)
-      : niceLinearTicks(yMin, yMax, 5);
+    const yTicks = this.logY ? logTicks(yMin, yMax) : niceLinearTicks(yMin, yMax, 5);
     for (const t of yTicks) {
       const y = py(t);
       ctx.beginPath(); ctx.moveTo(PAD.left, y); ctx.lineTo(PAD.left + plotW, y); ctx.stroke();

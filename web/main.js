@@ -149,6 +149,11 @@ async function main() {
   if (!wasm) return;
   $("demo").hidden = false;
 
+  if (typeof wasm.Demo !== "function") {
+    reportError("This build cannot train", new Error(
+      "the WebAssembly package was built without the toy model (the `toy` feature of web/Cargo.toml)"));
+    return;
+  }
   let demo;
   try {
     $("status").textContent = "Building the model and compiling shaders…";
@@ -157,24 +162,30 @@ async function main() {
     reportError("Could not start training", err);
     return;
   }
-  const groups = demo.groupNames();
   const lossChart = new LineChart($("loss-chart"), { logY: true, floor: 1e-4 });
   const normChart = new LineChart($("norm-chart"), { logY: true, floor: 1e-5 });
-  const lossPoints = [];
-  const normPoints = groups.map(() => []);
+  const textLoss = [];
+  const flamingoLoss = [];
   const maxNormPoints = [];
+  let groups = [];
+  let normPoints = [];
   let clippedSteps = 0;
+  let flamingoSteps = 0;
 
-  $("norm-legend").replaceChildren(
-    ...groups.map((g, i) => {
+  // The clip groups are known once the Flamingo stage reports them.
+  const setGroups = (names) => {
+    groups = names;
+    normPoints = names.map(() => []);
+    const legend = names.map((g, i) => {
       const span = document.createElement("span");
       span.style.setProperty("--swatch", GROUP_COLORS[i % GROUP_COLORS.length]);
       span.textContent = g;
       return span;
-    }),
-    Object.assign(document.createElement("span"), { className: "dashed", textContent: "max_norm" }),
-  );
-  $("norm-legend").lastChild.style.setProperty("--swatch", "#b3261e");
+    });
+    const line = Object.assign(document.createElement("span"), { className: "dashed", textContent: "max_norm" });
+    line.style.setProperty("--swatch", "#b3261e");
+    $("norm-legend").replaceChildren(...legend, line);
+  };
 
   const mode = $("mode");
   const maxNorm = $("max-norm");
@@ -189,9 +200,27 @@ async function main() {
     }
     maxNorm.disabled = mode.value === "off";
   };
+  maxNorm.value = String(Number(demo.maxNorm().toPrecision(6)));
   mode.addEventListener("change", applySettings);
   maxNorm.addEventListener("change", applySettings);
   applySettings();
+
+  const showLastStep = (s) => {
+    const rows = groups.map((g, i) => {
+      const tr = document.createElement("tr");
+      const c = s.coefficients[i];
+      const cells = [g, s.groupNorms[i].toPrecision(3), mode.value === "off" ? "not clipped" : c.toPrecision(3)];
+      tr.replaceChildren(...cells.map((text, k) => {
+        const td = document.createElement("td");
+        td.textContent = text;
+        if (k === 2 && c < 1) td.className = "clipped";
+        return td;
+      }));
+      return tr;
+    });
+    $("last-step").tBodies[0].replaceChildren(...rows);
+    $("last-step").hidden = false;
+  };
 
   let drawQueued = false;
   const redraw = () => {
@@ -199,7 +228,10 @@ async function main() {
     drawQueued = true;
     requestAnimationFrame(() => {
       drawQueued = false;
-      state.lossPointsDrawn = lossChart.draw([{ color: "#1d1f21", points: lossPoints }]);
+      state.lossPointsDrawn = lossChart.draw([
+        { color: "#9aa0a6", points: textLoss },
+        { color: "#1d1f21", points: flamingoLoss },
+      ]);
       state.normPointsDrawn = normChart.draw([
         ...normPoints.map((points, i) => ({ color: GROUP_COLORS[i % GROUP_COLORS.length], points })),
         { color: "#b3261e", points: maxNormPoints, dashed: true },
@@ -215,26 +247,49 @@ async function main() {
 
   const refreshSamples = async () => drawSamples(await demo.samples(6));
 
+  // One loop at most: pausing only asks it to stop after the step (or the
+  // sample refresh) it is awaiting, and starting again while it still runs
+  // lets it carry on instead of racing a second loop against it.
+  let looping = false;
   const loop = async () => {
+    looping = true;
+    try {
+      await trainWhileRunning();
+    } finally {
+      looping = false;
+    }
+  };
+
+  const trainWhileRunning = async () => {
     while (running) {
       const s = await demo.step();
       state.step = s.step;
+      state.stage = s.stage;
       state.losses.push(s.loss);
-      lossPoints.push([s.step, s.loss]);
-      s.groupNorms.forEach((n, i) => normPoints[i].push([s.step, n]));
-      maxNormPoints.push([s.step, mode.value === "off" ? NaN : Number(maxNorm.value)]);
-      if (s.clipped) clippedSteps++;
-      for (const series of [lossPoints, maxNormPoints, ...normPoints]) {
+      if (s.stage === "text") {
+        textLoss.push([s.step, s.loss]);
+      } else {
+        if (groups.length === 0 && s.groupNames.length > 0) setGroups(s.groupNames);
+        if (flamingoLoss.length === 0 && textLoss.length > 0) flamingoLoss.push(textLoss.at(-1));
+        flamingoLoss.push([s.step, s.loss]);
+        s.groupNorms.forEach((n, i) => normPoints[i]?.push([s.step, n]));
+        showLastStep(s);
+        maxNormPoints.push([s.step, mode.value === "off" ? NaN : Number(maxNorm.value)]);
+        flamingoSteps++;
+        if (s.clipped) clippedSteps++;
+      }
+      for (const series of [textLoss, flamingoLoss, maxNormPoints, ...normPoints, state.losses]) {
         if (series.length > HISTORY) series.splice(0, series.length - HISTORY);
       }
-      if (state.losses.length > HISTORY) state.losses.splice(0, state.losses.length - HISTORY);
       rateSteps++;
       const now = performance.now();
       const rate = (rateSteps * 1000) / Math.max(1, now - rateStart);
       if (now - rateStart > 3000) { rateStart = now; rateSteps = 0; }
+      const what = s.stage === "text"
+        ? `pretraining the language model on caption text (${s.step} of ${demo.pretrainSteps()})`
+        : `Flamingo stage step ${flamingoSteps}, clipped on ${clippedSteps}`;
       $("status").textContent =
-        `step ${s.step} · loss ${s.loss.toFixed(4)} · ${rate.toFixed(1)} steps/s · ` +
-        `clipped on ${clippedSteps} of ${s.step} steps`;
+        `step ${s.step} · loss ${s.loss.toFixed(4)} · ${rate.toFixed(1)} steps/s · ${what}`;
       redraw();
       if (s.step % SAMPLE_EVERY === 0) await refreshSamples();
     }
@@ -246,12 +301,12 @@ async function main() {
     run.textContent = "Pause";
     rateStart = performance.now();
     rateSteps = 0;
-    loop().catch((err) => { running = false; reportError("Training stopped", err); });
+    if (!looping) loop().catch((err) => { running = false; reportError("Training stopped", err); });
   };
   const pause = () => {
     running = false;
     setPhase("paused");
-    run.textContent = "Start";
+    run.textContent = "Resume";
     $("status").textContent = `paused at step ${state.step}`;
   };
   run.addEventListener("click", () => (running ? pause() : start()));

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the browser build and tests need, from package registries
-# only: Chromium, chromedriver and binaryen (wasm-opt) from Debian, the
-# wasm32 target from rustup, wasm-bindgen-cli and wasm-pack from crates.io,
-# and playwright-core (for the page test) from npm.
+# only: Chromium and chromedriver from Debian, the wasm32 target from
+# rustup, wasm-bindgen-cli and wasm-pack from crates.io, and playwright-core
+# (for the page test) from npm.
+#
+# No binaryen: web/Cargo.toml turns wasm-opt off, because Debian 12's
+# wasm-opt (binaryen 108) breaks what wasm-bindgen 0.2.130 emits.
 # Each step is skipped when its tool is already there, so rerunning is cheap.
 #
 # Usage: web/setup.sh          (as root, or with sudo available for apt-get)
@@ -24,13 +27,12 @@ command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
-command -v wasm-opt >/dev/null || missing+=(binaryen)
 if [ ${#missing[@]} -gt 0 ]; then
     step "apt-get install ${missing[*]}"
     sudo_if_needed apt-get update
     sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 else
-    step "chromium, chromedriver and wasm-opt already installed"
+    step "chromium, chromedriver and node already installed"
 fi
 
 if rustup target list --installed | grep -qx wasm32-unknown-unknown; then
@@ -79,7 +81,6 @@ fi
 step "done"
 printf '  chromium      %s\n' "$(chromium --version 2>/dev/null || echo '?')"
 printf '  chromedriver  %s\n' "$(chromedriver --version 2>/dev/null | head -n1 || echo '?')"
-printf '  wasm-opt      %s\n' "$(wasm-opt --version 2>/dev/null || echo '?')"
 printf '  wasm-bindgen  %s\n' "$(wasm-bindgen --version)"
 printf '  wasm-pack     %s\n' "$(wasm-pack --version)"
 printf '  node          %s\n' "$(node --version)"

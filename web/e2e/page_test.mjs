@@ -10,6 +10,8 @@
 //   CHROMIUM      browser binary (default /usr/bin/chromium)
 //   E2E_STEPS     training steps to wait for (default 40)
 //   E2E_TIMEOUT_S seconds to wait for them (default 300)
+//   E2E_CONFIG    the page's model configuration, `tiny` or `demo`
+//                 (default tiny: the demo's is slow on a software adapter)
 
 import { createServer } from "node:http";
 import { readFile, mkdir } from "node:fs/promises";
@@ -22,6 +24,7 @@ const webRoot = resolve(here, "..");
 const outDir = join(here, "out");
 const steps = Number(process.env.E2E_STEPS ?? 40);
 const timeoutMs = Number(process.env.E2E_TIMEOUT_S ?? 300) * 1000;
+const config = process.env.E2E_CONFIG ?? "tiny";
 
 // The flags that give headless Chromium a WebGPU adapter without a GPU
 // (SwiftShader), from shared/docs/environment.md.
@@ -88,7 +91,7 @@ async function open(browser, url, init) {
 
 async function trainingPage(browser, base) {
   const t0 = Date.now();
-  const { page, problems } = await open(browser, `${base}/index.html`);
+  const { page, problems } = await open(browser, `${base}/index.html?config=${config}`);
   try {
     await page.waitForFunction(
       (n) => window.gradclipDemo?.step >= n || ["error", "unavailable"].includes(window.gradclipDemo?.phase),
@@ -139,12 +142,37 @@ async function trainingPage(browser, base) {
   check(problems.length === 0, `console has no errors ${JSON.stringify(problems)}`);
 
   // Pause, and check that training stops.
+  if (state.phase !== "training") {
+    await page.screenshot({ path: join(outDir, "training.png"), fullPage: true });
+    await page.close();
+    return;
+  }
   await page.click("#run");
   await page.waitForTimeout(1000);
   const paused = await page.evaluate(() => window.gradclipDemo.step);
   await page.waitForTimeout(1500);
   const later = await page.evaluate(() => window.gradclipDemo.step);
   check(later === paused, `pause stops training (step ${paused} then ${later})`);
+
+  // The controls reach the trainer: global mode gives every group the same
+  // coefficient; "off" clips nothing.
+  const stepsAfter = async (n) => {
+    const from = await page.evaluate(() => window.gradclipDemo.step);
+    await page.click("#run");
+    await page.waitForFunction((k) => window.gradclipDemo.step >= k, from + n, { timeout: 120000 });
+    await page.click("#run");
+    await page.waitForFunction(() => window.gradclipDemo.phase === "paused");
+    return page.$$eval("#last-step tbody tr", (rows) => rows.map((r) => r.cells[2].textContent));
+  };
+  await page.selectOption("#mode", "global");
+  await page.fill("#max-norm", "0.001");
+  await page.dispatchEvent("#max-norm", "change");
+  const global = await stepsAfter(2);
+  check(global.length > 1 && global.every((c) => c === global[0] && Number(c) < 1),
+    `global mode: one coefficient below 1 for every group (${global.join(", ")})`);
+  await page.selectOption("#mode", "off");
+  const off = await stepsAfter(2);
+  check(off.length > 1 && off.every((c) => c === "not clipped"), `clip mode off (${off.join(", ")})`);
 
   await page.screenshot({ path: join(outDir, "training.png"), fullPage: true });
   await page.close();

@@ -95,5 +95,9 @@ pub async fn open(limits: wgpu::Limits) -> Result<Gpu, GpuError> {
     device.on_uncaptured_error(std::sync::Arc::new(|e| {
         log::error!("wgpu_gradclip_web: uncaptured WebGPU error: {e}");
     }));
-    Ok(Gpu { device, queue, adapter: info })
+    Ok(Gpu {
+        device,
+        queue,
+        adapter: info,
+    })
 }

@@ -6,4 +6,6 @@
 //! default limits.
 
 pub mod console;
+#[cfg(feature = "toy")]
+pub mod demo;
 pub mod gpu;

@@ -15,7 +15,9 @@ mod common;
 
 use common::{Arena, Rng};
 use wasm_bindgen_test::wasm_bindgen_test;
-use wgpu_gradclip::{reference, ClipConfig, ClipGroup, ClipMode, ClipReport, GradClipper, GradView};
+use wgpu_gradclip::{
+    reference, ClipConfig, ClipGroup, ClipMode, ClipReport, GradClipper, GradView,
+};
 use wgpu_gradclip::{NonFinitePolicy, Norm};
 use wgpu_gradclip_web::gpu::Gpu;
 
@@ -31,7 +33,9 @@ async fn clip_and_check(gpu: &Gpu, arena: &Arena, config: &ClipConfig) -> ClipRe
         .buffers
         .iter()
         .enumerate()
-        .map(|(i, words)| common::storage_buffer(gpu, &format!("wgpu_gradclip_web.test_grads{i}"), words))
+        .map(|(i, words)| {
+            common::storage_buffer(gpu, &format!("wgpu_gradclip_web.test_grads{i}"), words)
+        })
         .collect();
     let groups: Vec<ClipGroup> = arena
         .groups
@@ -39,7 +43,9 @@ async fn clip_and_check(gpu: &Gpu, arena: &Arena, config: &ClipConfig) -> ClipRe
         .map(|(name, views)| {
             ClipGroup::new(
                 name.clone(),
-                views.iter().map(|&(b, w, len)| GradView::new(&buffers[b], 4 * w as u64, len as u64)),
+                views
+                    .iter()
+                    .map(|&(b, w, len)| GradView::new(&buffers[b], 4 * w as u64, len as u64)),
             )
         })
         .collect();
@@ -70,14 +76,21 @@ fn check(arena: &Arena, after: &[Vec<u32>], config: &ClipConfig, report: &ClipRe
         .groups
         .iter()
         .map(|(_, views)| {
-            let slices: Vec<&[f32]> = views.iter().map(|&(b, w, len)| arena.values(b, w, len)).collect();
+            let slices: Vec<&[f32]> = views
+                .iter()
+                .map(|&(b, w, len)| arena.values(b, w, len))
+                .collect();
             reference::norm(&slices, norm)
         })
         .collect();
     let total = reference::combine_norms(&group_norms, norm);
     let skipped = config.nonfinite == NonFinitePolicy::Error && !total.is_finite();
 
-    assert_eq!(report.groups.len(), arena.groups.len(), "one report entry per group");
+    assert_eq!(
+        report.groups.len(),
+        arena.groups.len(),
+        "one report entry per group"
+    );
     assert!(
         common::close(report.total_norm, total, REL),
         "total norm {} vs reference {total}",
@@ -97,7 +110,9 @@ fn check(arena: &Arena, after: &[Vec<u32>], config: &ClipConfig, report: &ClipRe
         );
         let want_c = match config.mode {
             ClipMode::Global => reference::coefficient(total, config.max_norm, config.eps),
-            ClipMode::PerGroup => reference::coefficient(group_norms[g], config.max_norm, config.eps),
+            ClipMode::PerGroup => {
+                reference::coefficient(group_norms[g], config.max_norm, config.eps)
+            }
         };
         if !skipped {
             assert!(
@@ -114,7 +129,12 @@ fn check(arena: &Arena, after: &[Vec<u32>], config: &ClipConfig, report: &ClipRe
                 covered[b][w + i] = true;
                 let before = arena.buffers[b][w + i];
                 let got_bits = after[b][w + i];
-                let at = || format!("group `{name}` view {v} element {i} (buffer {b} word {})", w + i);
+                let at = || {
+                    format!(
+                        "group `{name}` view {v} element {i} (buffer {b} word {})",
+                        w + i
+                    )
+                };
                 if untouched {
                     assert_eq!(
                         got_bits,
@@ -128,8 +148,17 @@ fn check(arena: &Arena, after: &[Vec<u32>], config: &ClipConfig, report: &ClipRe
                 }
                 let want = f32::from_bits(before) * c;
                 let got_v = f32::from_bits(got_bits);
-                let ok = if want.is_nan() { got_v.is_nan() } else { common::ulps(got_v, want) <= ULPS };
-                assert!(ok, "{}: {} * {c} gave {got_v}, want {want}", at(), f32::from_bits(before));
+                let ok = if want.is_nan() {
+                    got_v.is_nan()
+                } else {
+                    common::ulps(got_v, want) <= ULPS
+                };
+                assert!(
+                    ok,
+                    "{}: {} * {c} gave {got_v}, want {want}",
+                    at(),
+                    f32::from_bits(before)
+                );
             }
         }
     }
@@ -137,7 +166,10 @@ fn check(arena: &Arena, after: &[Vec<u32>], config: &ClipConfig, report: &ClipRe
     for (b, words) in arena.buffers.iter().enumerate() {
         for (w, &before) in words.iter().enumerate() {
             if !covered[b][w] {
-                assert_eq!(after[b][w], before, "buffer {b} word {w} lies outside every view but was written");
+                assert_eq!(
+                    after[b][w], before,
+                    "buffer {b} word {w} lies outside every view but was written"
+                );
             }
         }
     }
@@ -180,11 +212,19 @@ fn many_views_arena(seed: u64) -> Arena {
 #[wasm_bindgen_test]
 async fn global_mode_many_views_in_one_buffer() {
     let gpu = common::device(wgpu::Limits::default()).await;
-    for (seed, norm) in [(1, Norm::L2), (2, Norm::Inf), (3, Norm::P(1.0)), (4, Norm::P(3.0))] {
+    for (seed, norm) in [
+        (1, Norm::L2),
+        (2, Norm::Inf),
+        (3, Norm::P(1.0)),
+        (4, Norm::P(3.0)),
+    ] {
         let arena = many_views_arena(seed);
         let config = ClipConfig::new(0.1).norm(norm).mode(ClipMode::Global);
         let report = clip_and_check(&gpu, &arena, &config).await;
-        assert!(report.total_coefficient < 1.0, "{norm:?}: the test data must need clipping");
+        assert!(
+            report.total_coefficient < 1.0,
+            "{norm:?}: the test data must need clipping"
+        );
     }
 }
 
@@ -200,12 +240,17 @@ async fn global_mode_below_max_norm_writes_nothing() {
 async fn per_group_mode_clips_each_group_by_its_own_norm() {
     let gpu = common::device(wgpu::Limits::default()).await;
     let arena = many_views_arena(6);
-    let config = ClipConfig::new(1.0).mode(ClipMode::PerGroup).nonfinite(NonFinitePolicy::Error);
+    let config = ClipConfig::new(1.0)
+        .mode(ClipMode::PerGroup)
+        .nonfinite(NonFinitePolicy::Error);
     let report = clip_and_check(&gpu, &arena, &config).await;
 
     // The data is scaled so that some groups exceed max_norm and some do not.
     let clipped: Vec<bool> = report.groups.iter().map(|g| g.clipped).collect();
-    assert!(clipped.contains(&true) && clipped.contains(&false), "clipped per group: {clipped:?}");
+    assert!(
+        clipped.contains(&true) && clipped.contains(&false),
+        "clipped per group: {clipped:?}"
+    );
     for g in &report.groups {
         assert_eq!(g.clipped, g.coefficient != 1.0, "group `{}`", g.name);
     }
@@ -261,7 +306,9 @@ async fn nonfinite_propagate_policy_matches_pytorch() {
 
     // Per group: NaN spreads through its own group only; infinity zeroes
     // its group's finite elements and turns the infinite ones into NaN.
-    let config = ClipConfig::new(1.0).mode(ClipMode::PerGroup).nonfinite(NonFinitePolicy::Propagate);
+    let config = ClipConfig::new(1.0)
+        .mode(ClipMode::PerGroup)
+        .nonfinite(NonFinitePolicy::Propagate);
     let report = clip_and_check(&gpu, &arena, &config).await;
     assert!(report.groups[0].coefficient.is_nan());
     assert_eq!(report.groups[1].coefficient, 0.0);
@@ -269,7 +316,9 @@ async fn nonfinite_propagate_policy_matches_pytorch() {
     assert_eq!(report.groups[3].coefficient, 1.0);
 
     // Globally: the NaN total makes every gradient NaN.
-    let config = ClipConfig::new(1.0).mode(ClipMode::Global).nonfinite(NonFinitePolicy::Propagate);
+    let config = ClipConfig::new(1.0)
+        .mode(ClipMode::Global)
+        .nonfinite(NonFinitePolicy::Propagate);
     let report = clip_and_check(&gpu, &arena, &config).await;
     assert!(report.total_coefficient.is_nan());
 }
@@ -279,12 +328,24 @@ async fn nonfinite_error_policy_leaves_every_gradient_untouched() {
     let gpu = common::device(wgpu::Limits::default()).await;
     let arena = nonfinite_arena();
     for mode in [ClipMode::PerGroup, ClipMode::Global] {
-        let config = ClipConfig::new(1.0).mode(mode).nonfinite(NonFinitePolicy::Error);
+        let config = ClipConfig::new(1.0)
+            .mode(mode)
+            .nonfinite(NonFinitePolicy::Error);
         let report = clip_and_check(&gpu, &arena, &config).await;
         assert!(report.skipped, "{mode:?}");
-        assert_eq!(report.nonfinite_groups(), ["has_nan", "has_inf"], "{mode:?}");
-        let err = report.check_finite().expect_err("check_finite must fail").to_string();
-        assert!(err.contains("has_nan") && err.contains("has_inf"), "{mode:?}: {err}");
+        assert_eq!(
+            report.nonfinite_groups(),
+            ["has_nan", "has_inf"],
+            "{mode:?}"
+        );
+        let err = report
+            .check_finite()
+            .expect_err("check_finite must fail")
+            .to_string();
+        assert!(
+            err.contains("has_nan") && err.contains("has_inf"),
+            "{mode:?}: {err}"
+        );
     }
 }
 
@@ -294,7 +355,10 @@ async fn view_larger_than_the_storage_binding_limit() {
     // default (128 MiB) back to the default, so the test reads the limit it
     // got and sizes the view from that.
     let asked: u32 = 1 << 20;
-    let limits = wgpu::Limits { max_storage_buffer_binding_size: asked as _, ..wgpu::Limits::default() };
+    let limits = wgpu::Limits {
+        max_storage_buffer_binding_size: asked as _,
+        ..wgpu::Limits::default()
+    };
     let gpu = common::device(limits).await;
     let granted = gpu.device.limits();
     let binding = granted.max_storage_buffer_binding_size as u64;

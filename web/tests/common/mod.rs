@@ -50,11 +50,14 @@ pub const SENTINEL: u32 = 0x7fc0_5eed;
 
 /// A storage buffer holding `words`, readable back through a copy.
 pub fn storage_buffer(gpu: &Gpu, label: &str, words: &[u32]) -> wgpu::Buffer {
-    gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some(label),
-        contents: bytemuck::cast_slice(words),
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-    })
+    gpu.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::cast_slice(words),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+        })
 }
 
 /// Copies `buffer` into a mappable one and awaits the map: the browser's
@@ -67,9 +70,11 @@ pub async fn read_words(gpu: &Gpu, buffer: &wgpu::Buffer) -> Vec<u32> {
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-        label: Some("wgpu_gradclip_web.test_readback"),
-    });
+    let mut encoder = gpu
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("wgpu_gradclip_web.test_readback"),
+        });
     encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
     gpu.queue.submit([encoder.finish()]);
 
@@ -77,7 +82,9 @@ pub async fn read_words(gpu: &Gpu, buffer: &wgpu::Buffer) -> Vec<u32> {
     staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
     });
-    rx.await.expect("map callback dropped").expect("mapping the readback buffer failed");
+    rx.await
+        .expect("map callback dropped")
+        .expect("mapping the readback buffer failed");
     let bytes = staging.slice(..).get_mapped_range().expect("mapped range");
     let words = bytemuck::cast_slice(&bytes).to_vec();
     drop(bytes);
@@ -111,17 +118,23 @@ pub fn ulps(a: f32, b: f32) -> u64 {
     ordered(a).abs_diff(ordered(b))
 }
 
+/// Where a view lies: (buffer index, first word, length in words).
+pub type ViewAt = (usize, usize, usize);
+
 /// Gradients laid out in buffers as a test describes them, with sentinel
 /// words wherever no view reaches.
 pub struct Arena {
     pub buffers: Vec<Vec<u32>>,
-    /// (group name, views as (buffer, first word, length)).
-    pub groups: Vec<(String, Vec<(usize, usize, usize)>)>,
+    /// (group name, its views).
+    pub groups: Vec<(String, Vec<ViewAt>)>,
 }
 
 impl Arena {
     pub fn new() -> Self {
-        Self { buffers: Vec::new(), groups: Vec::new() }
+        Self {
+            buffers: Vec::new(),
+            groups: Vec::new(),
+        }
     }
 
     /// Adds a buffer of `words` sentinel words; returns its index.
