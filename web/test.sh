@@ -67,17 +67,28 @@ else
     echo "test.sh: the library has no toy model yet (src/toy); the page test will fail" >&2
 fi
 
+# Both parts run even when the first fails, so one CI log shows everything.
+failed=()
 cd "$web"
 if [ "$unit" = 1 ]; then
     echo "== wasm-bindgen-test in headless Chromium"
     # Release: the f64 reference walks tens of millions of elements in wasm.
-    cargo test --release --target wasm32-unknown-unknown "${features[@]}"
+    cargo test --release --target wasm32-unknown-unknown "${features[@]}" || failed+=("wasm-bindgen-test")
 fi
 
 if [ "$page" = 1 ]; then
     echo "== wasm-pack build web --target web ${features[*]}"
-    (cd "$root" && wasm-pack build web --target web ${features[@]:+-- "${features[@]}"})
-
-    echo "== end-to-end page test"
-    (cd "$web/e2e" && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } && node page_test.mjs)
+    if (cd "$root" && wasm-pack build web --target web ${features[@]:+-- "${features[@]}"}); then
+        echo "== end-to-end page test"
+        (cd "$web/e2e" && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } \
+            && node page_test.mjs) || failed+=("page test")
+    else
+        failed+=("wasm-pack build")
+    fi
 fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "test.sh: FAILED: ${failed[*]}" >&2
+    exit 1
+fi
+echo "test.sh: all browser tests passed"
