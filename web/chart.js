@@ -105,7 +105,10 @@ export class LineChart {
     for (const t of yTicks) {
       const y = py(t);
       ctx.beginPath(); ctx.moveTo(PAD.left, y); ctx.lineTo(PAD.left + plotW, y); ctx.stroke();
-      ctx.fillText(this.logY ? formatTick(10 ** t) : formatTick(t), PAD.left - 6, y);
+      // Values at or below the floor (zeros, for example) are drawn on it.
+      const atFloor = this.logY && t <= Math.log10(this.floor) + 1e-9;
+      const label = this.logY ? formatTick(10 ** t) : formatTick(t);
+      ctx.fillText(atFloor ? `≤${label}` : label, PAD.left - 6, y);
     }
     ctx.textAlign = "center";
     ctx.textBaseline = "top";

@@ -103,7 +103,8 @@ async function probeWebGpu() {
   const info = adapter.info ?? {};
   const parts = [info.vendor, info.architecture, info.description].filter((s) => s);
   const name = parts.length ? parts.join(" · ") : "unnamed adapter";
-  return adapter.isFallbackAdapter || info.isFallbackAdapter ? `${name} (software fallback)` : name;
+  const fallback = Boolean(adapter.isFallbackAdapter || info.isFallbackAdapter);
+  return { name: fallback ? `${name} (software fallback)` : name, fallback };
 }
 
 async function loadWasm() {
@@ -140,10 +141,20 @@ function drawSamples(samples) {
 }
 
 async function main() {
-  const adapterName = await probeWebGpu();
-  if (!adapterName) return;
-  state.adapter = adapterName;
-  $("adapter").textContent = `WebGPU adapter: ${adapterName}`;
+  const adapter = await probeWebGpu();
+  if (!adapter) return;
+  state.adapter = adapter.name;
+  $("adapter").textContent = `WebGPU adapter: ${adapter.name}`;
+  // A software adapter needs minutes to set up the full model and runs it
+  // at well under one step per second, so it gets the reduced one.
+  let config = params.get("config");
+  if (!config) {
+    config = adapter.fallback ? "tiny" : "demo";
+    if (adapter.fallback) {
+      $("adapter").textContent += " — a CPU stand-in for a GPU, so this page trains the reduced " +
+        "model (add ?config=demo to the address for the full one)";
+    }
+  }
 
   const wasm = await loadWasm();
   if (!wasm) return;
@@ -157,7 +168,7 @@ async function main() {
   let demo;
   try {
     $("status").textContent = "Building the model and compiling shaders…";
-    demo = await wasm.Demo.create(params.get("config") ?? "demo");
+    demo = await wasm.Demo.create(config);
   } catch (err) {
     reportError("Could not start training", err);
     return;

@@ -11,7 +11,8 @@
 //   E2E_STEPS     training steps to wait for (default 40)
 //   E2E_TIMEOUT_S seconds to wait for them (default 300)
 //   E2E_CONFIG    the page's model configuration, `tiny` or `demo`
-//                 (default tiny: the demo's is slow on a software adapter)
+//                 (default: none, so the page picks as it does for a person;
+//                 it picks `tiny` on a software adapter such as SwiftShader)
 
 import { createServer } from "node:http";
 import { readFile, mkdir } from "node:fs/promises";
@@ -24,7 +25,7 @@ const webRoot = resolve(here, "..");
 const outDir = join(here, "out");
 const steps = Number(process.env.E2E_STEPS ?? 40);
 const timeoutMs = Number(process.env.E2E_TIMEOUT_S ?? 300) * 1000;
-const config = process.env.E2E_CONFIG ?? "tiny";
+const query = process.env.E2E_CONFIG ? `?config=${process.env.E2E_CONFIG}` : "";
 
 // The flags that give headless Chromium a WebGPU adapter without a GPU
 // (SwiftShader), from shared/docs/environment.md.
@@ -91,7 +92,7 @@ async function open(browser, url, init) {
 
 async function trainingPage(browser, base) {
   const t0 = Date.now();
-  const { page, problems } = await open(browser, `${base}/index.html?config=${config}`);
+  const { page, problems } = await open(browser, `${base}/index.html${query}`);
   try {
     await page.waitForFunction(
       (n) => window.gradclipDemo?.step >= n || ["error", "unavailable"].includes(window.gradclipDemo?.phase),
