@@ -41,9 +41,9 @@ for lock in "$root/Cargo.lock" "$web/Cargo.lock"; do
 done
 
 # wasm-bindgen-test drives Chromium through chromedriver. The flags give
-# headless Chromium a WebGPU adapter without a GPU (see
-# shared/docs/environment.md); without --enable-unsafe-webgpu,
-# requestAdapter() returns null and every GPU test fails.
+# headless Chromium a WebGPU adapter without a GPU (SwiftShader); without
+# --enable-unsafe-webgpu, requestAdapter() returns null and every GPU test
+# fails.
 caps="$(mktemp --suffix=.json)"
 trap 'rm -f "$caps"' EXIT
 cat > "$caps" <<'JSON'

@@ -45,8 +45,8 @@ fn head_row(off: u32) -> mat4x4<f32> {
     let dh4 = p.dh / 4u;
     let b = off / 4u;
     let z = vec4<f32>(0.0);
-    return mat4x4<f32>(select(z, mem4[b], dh4 > 0u), select(z, mem4[b + 1u], dh4 > 1u),
-        select(z, mem4[b + 2u], dh4 > 2u), select(z, mem4[b + 3u], dh4 > 3u));
+    return mat4x4<f32>(select(z, ld4(b), dh4 > 0u), select(z, ld4(b + 1u), dh4 > 1u),
+        select(z, ld4(b + 2u), dh4 > 2u), select(z, ld4(b + 3u), dh4 > 3u));
 }
 
 fn dot16(a: mat4x4<f32>, b: mat4x4<f32>) -> f32 {

@@ -11,10 +11,25 @@ const NONE: u32 = 0xffffffffu;
 const F32_LOWEST: f32 = -3.4028234663852886e38;
 
 @group(0) @binding(0) var<storage, read_write> mem: array<f32>;        // [arena]
-// The same arena seen as vec4: only for offsets that are multiples of 4.
-@group(0) @binding(1) var<storage, read_write> mem4: array<vec4<f32>>; // [arena / 4]
 // Per-step integer data: token ids, targets, text_time, image slots, lr bits.
 @group(0) @binding(2) var<storage, read_write> ints: array<u32>;       // [batch words]
+
+// The arena read and written four elements at a time, at vec4 index `i`
+// (element 4 * i). A second, vec4-typed binding of the same buffer would be
+// faster on some drivers, but WebGPU forbids two writable bindings of one
+// buffer in a dispatch.
+fn ld4(i: u32) -> vec4<f32> {
+    let b = i * 4u;
+    return vec4<f32>(mem[b], mem[b + 1u], mem[b + 2u], mem[b + 3u]);
+}
+
+fn st4(i: u32, v: vec4<f32>) {
+    let b = i * 4u;
+    mem[b] = v.x;
+    mem[b + 1u] = v.y;
+    mem[b + 2u] = v.z;
+    mem[b + 3u] = v.w;
+}
 
 // Row `r` of a logical [rows, width] tensor starts at
 // off + (r / rpg) * gstride + (r % rpg) * rstride: rows come in groups of

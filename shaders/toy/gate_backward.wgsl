@@ -22,7 +22,7 @@ fn gate_backward(@builtin(local_invocation_index) lid: u32) {
     for (var i = lid; i < p.m * n4; i += WG) {
         let r = i / n4;
         let c4 = i % n4;
-        acc += dot(mem4[row_at(p.dy, r) / 4u + c4], mem4[row_at(p.f, r) / 4u + c4]);
+        acc += dot(ld4(row_at(p.dy, r) / 4u + c4), ld4(row_at(p.f, r) / 4u + c4));
     }
     sh_s[lid] = acc;
     for (var width = WG / 2u; width > 0u; width /= 2u) {

@@ -22,5 +22,5 @@ fn gather_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         return;
     }
     let s = i / b4;
-    mem4[p.y_off / 4u + i] = mem4[(p.x_off + ints[p.idx_off + s] * p.block) / 4u + i % b4];
+    st4(p.y_off / 4u + i, ld4((p.x_off + ints[p.idx_off + s] * p.block) / 4u + i % b4));
 }

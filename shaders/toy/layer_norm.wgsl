@@ -27,19 +27,19 @@ fn layer_norm(@builtin(global_invocation_id) gid: vec3<u32>) {
     let yb = row_at(p.y, r) / 4u;
     var s = 0.0;
     for (var c = 0u; c < n4; c++) {
-        s += dot(mem4[xb + c], vec4<f32>(1.0));
+        s += dot(ld4(xb + c), vec4<f32>(1.0));
     }
     let mean = s / f32(p.n);
     var q = 0.0;
     for (var c = 0u; c < n4; c++) {
-        let d = mem4[xb + c] - mean;
+        let d = ld4(xb + c) - mean;
         q += dot(d, d);
     }
     let rstd = inverseSqrt(q / f32(p.n) + p.eps);
     mem[p.stats_off + 2u * r] = mean;
     mem[p.stats_off + 2u * r + 1u] = rstd;
     for (var c = 0u; c < n4; c++) {
-        mem4[yb + c] = (mem4[xb + c] - mean) * rstd * mem4[p.gamma_off / 4u + c]
-            + mem4[p.beta_off / 4u + c];
+        st4(yb + c, (ld4(xb + c) - mean) * rstd * ld4(p.gamma_off / 4u + c)
+            + ld4(p.beta_off / 4u + c));
     }
 }

@@ -31,9 +31,9 @@ fn layer_norm_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     var s1 = 0.0;
     var s2 = 0.0;
     for (var c = 0u; c < n4; c++) {
-        let g = mem4[dyb + c] * mem4[g0 + c];
+        let g = ld4(dyb + c) * ld4(g0 + c);
         s1 += dot(g, vec4<f32>(1.0));
-        s2 += dot(g, (mem4[xb + c] - mean) * rstd);
+        s2 += dot(g, (ld4(xb + c) - mean) * rstd);
     }
     let mg = s1 / f32(p.n);
     let mgx = s2 / f32(p.n);
@@ -41,11 +41,11 @@ fn layer_norm_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let has_res = p.res.off != NONE;
     let rb = row_at(p.res, r) / 4u;
     for (var c = 0u; c < n4; c++) {
-        let g = mem4[dyb + c] * mem4[g0 + c];
-        var dx = rstd * (g - mg - (mem4[xb + c] - mean) * rstd * mgx);
+        let g = ld4(dyb + c) * ld4(g0 + c);
+        var dx = rstd * (g - mg - (ld4(xb + c) - mean) * rstd * mgx);
         if has_res {
-            dx += mem4[rb + c];
+            dx += ld4(rb + c);
         }
-        mem4[ob + c] = dx;
+        st4(ob + c, dx);
     }
 }

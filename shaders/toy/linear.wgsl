@@ -127,32 +127,32 @@ fn linear(@builtin(global_invocation_id) gid: vec3<u32>) {
         // Columns of wl/wh are weight rows col0..col0+7, four k at a time.
         let wb = (p.w_off + col0 * p.k) / 4u;
         for (var kk = 0u; kk < k4; kk++) {
-            let wl = mat4x4<f32>(mem4[wb + kk], mem4[wb + k4 + kk], mem4[wb + 2u * k4 + kk],
-                mem4[wb + 3u * k4 + kk]);
-            let wh = mat4x4<f32>(mem4[wb + 4u * k4 + kk], mem4[wb + 5u * k4 + kk],
-                mem4[wb + 6u * k4 + kk], mem4[wb + 7u * k4 + kk]);
-            let x0 = mem4[o0 + kk];
+            let wl = mat4x4<f32>(ld4(wb + kk), ld4(wb + k4 + kk), ld4(wb + 2u * k4 + kk),
+                ld4(wb + 3u * k4 + kk));
+            let wh = mat4x4<f32>(ld4(wb + 4u * k4 + kk), ld4(wb + 5u * k4 + kk),
+                ld4(wb + 6u * k4 + kk), ld4(wb + 7u * k4 + kk));
+            let x0 = ld4(o0 + kk);
             a0l += x0 * wl;
             a0h += x0 * wh;
-            let x1 = mem4[o1 + kk];
+            let x1 = ld4(o1 + kk);
             a1l += x1 * wl;
             a1h += x1 * wh;
-            let x2 = mem4[o2 + kk];
+            let x2 = ld4(o2 + kk);
             a2l += x2 * wl;
             a2h += x2 * wh;
-            let x3 = mem4[o3 + kk];
+            let x3 = ld4(o3 + kk);
             a3l += x3 * wl;
             a3h += x3 * wh;
-            let x4 = mem4[o4 + kk];
+            let x4 = ld4(o4 + kk);
             a4l += x4 * wl;
             a4h += x4 * wh;
-            let x5 = mem4[o5 + kk];
+            let x5 = ld4(o5 + kk);
             a5l += x5 * wl;
             a5h += x5 * wh;
-            let x6 = mem4[o6 + kk];
+            let x6 = ld4(o6 + kk);
             a6l += x6 * wl;
             a6h += x6 * wh;
-            let x7 = mem4[o7 + kk];
+            let x7 = ld4(o7 + kk);
             a7l += x7 * wl;
             a7h += x7 * wh;
         }
@@ -162,31 +162,31 @@ fn linear(@builtin(global_invocation_id) gid: vec3<u32>) {
         let wb = (p.w_off + col0) / 4u;
         for (var kk = 0u; kk < k4; kk++) {
             let b = wb + 4u * kk * n4;
-            let ml = mat4x4<f32>(mem4[b], mem4[b + n4], mem4[b + 2u * n4], mem4[b + 3u * n4]);
-            let mh = mat4x4<f32>(mem4[b + 1u], mem4[b + n4 + 1u], mem4[b + 2u * n4 + 1u],
-                mem4[b + 3u * n4 + 1u]);
-            let x0 = mem4[o0 + kk];
+            let ml = mat4x4<f32>(ld4(b), ld4(b + n4), ld4(b + 2u * n4), ld4(b + 3u * n4));
+            let mh = mat4x4<f32>(ld4(b + 1u), ld4(b + n4 + 1u), ld4(b + 2u * n4 + 1u),
+                ld4(b + 3u * n4 + 1u));
+            let x0 = ld4(o0 + kk);
             a0l += ml * x0;
             a0h += mh * x0;
-            let x1 = mem4[o1 + kk];
+            let x1 = ld4(o1 + kk);
             a1l += ml * x1;
             a1h += mh * x1;
-            let x2 = mem4[o2 + kk];
+            let x2 = ld4(o2 + kk);
             a2l += ml * x2;
             a2h += mh * x2;
-            let x3 = mem4[o3 + kk];
+            let x3 = ld4(o3 + kk);
             a3l += ml * x3;
             a3h += mh * x3;
-            let x4 = mem4[o4 + kk];
+            let x4 = ld4(o4 + kk);
             a4l += ml * x4;
             a4h += mh * x4;
-            let x5 = mem4[o5 + kk];
+            let x5 = ld4(o5 + kk);
             a5l += ml * x5;
             a5h += mh * x5;
-            let x6 = mem4[o6 + kk];
+            let x6 = ld4(o6 + kk);
             a6l += ml * x6;
             a6h += mh * x6;
-            let x7 = mem4[o7 + kk];
+            let x7 = ld4(o7 + kk);
             a7l += ml * x7;
             a7h += mh * x7;
         }

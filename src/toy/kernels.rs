@@ -756,7 +756,7 @@ impl Kernels {
         };
         let storage_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("wgpu_gradclip.toy.storage"),
-            entries: &[storage(0), storage(1), storage(2)],
+            entries: &[storage(0), storage(2)],
         });
         let params_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("wgpu_gradclip.toy.params"),
@@ -857,10 +857,6 @@ impl Memory {
             entries: &[
                 wgpu::BindGroupEntry {
                     binding: 0,
-                    resource: mem.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
                     resource: mem.as_entire_binding(),
                 },
                 wgpu::BindGroupEntry {

@@ -28,7 +28,7 @@ const timeoutMs = Number(process.env.E2E_TIMEOUT_S ?? 300) * 1000;
 const query = process.env.E2E_CONFIG ? `?config=${process.env.E2E_CONFIG}` : "";
 
 // The flags that give headless Chromium a WebGPU adapter without a GPU
-// (SwiftShader), from shared/docs/environment.md.
+// (SwiftShader, Chromium's CPU Vulkan driver).
 const WEBGPU_FLAGS = [
   "--no-sandbox",
   "--enable-unsafe-webgpu",
