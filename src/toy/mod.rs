@@ -152,7 +152,7 @@ impl Default for ToyConfig {
             eval_images: 160,
             pretrain_steps: 300,
             pretrain_lr: 2e-3,
-            steps: 1500,
+            steps: 2500,
             lr: 1e-3,
             warmup: 100,
             weight_decay: 0.1,
