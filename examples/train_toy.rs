@@ -268,6 +268,20 @@ async fn run(args: Args) -> Result<(), ToyError> {
         let n = ckpt.apply(&mut trainer, false)?;
         pretrained = ckpt.has("lang_encoder.transformer.wte.weight");
         println!("init: {n} tensors from {}", path.display());
+        // Trained cross-attention is no longer the text-only model: keep the
+        // figure its run measured, if any.
+        if ckpt
+            .tensors
+            .iter()
+            .any(|t| t.0.contains("gated_cross_attn_layers"))
+        {
+            text_only = Some(
+                ckpt.metadata
+                    .get("text_only_accuracy")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(f32::NAN),
+            );
+        }
     }
     let cache = PathBuf::from("runs/cache").join(cache_key(&config));
     if !pretrained && args.cache && args.resume.is_none() && cache.exists() {
