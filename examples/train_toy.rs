@@ -26,7 +26,7 @@ const HELP: &str = "\
 train_toy: train the tiny Flamingo-style model with WGSL kernels
 
 options:
-  --steps N             Flamingo-stage steps (default 1500)
+  --steps N             Flamingo-stage steps (default 2500)
   --pretrain-steps N    caption-text pretraining steps (default 300; cached)
   --batch N             sequences per batch, even (default 16)
   --lr F                Flamingo-stage learning rate (default 1e-3)
@@ -158,7 +158,7 @@ fn main() -> ExitCode {
 fn cache_key(c: &ToyConfig) -> String {
     let mut h = DefaultHasher::new();
     format!(
-        "{} {} {} {} {} {} {} {} {} {} {}",
+        "data v2 {} {} {} {} {} {} {} {} {} {} {}",
         c.seed,
         c.batch,
         c.context,
@@ -268,6 +268,20 @@ async fn run(args: Args) -> Result<(), ToyError> {
         let n = ckpt.apply(&mut trainer, false)?;
         pretrained = ckpt.has("lang_encoder.transformer.wte.weight");
         println!("init: {n} tensors from {}", path.display());
+        // Trained cross-attention is no longer the text-only model: keep the
+        // figure its run measured, if any.
+        if ckpt
+            .tensors
+            .iter()
+            .any(|t| t.0.contains("gated_cross_attn_layers"))
+        {
+            text_only = Some(
+                ckpt.metadata
+                    .get("text_only_accuracy")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(f32::NAN),
+            );
+        }
     }
     let cache = PathBuf::from("runs/cache").join(cache_key(&config));
     if !pretrained && args.cache && args.resume.is_none() && cache.exists() {
