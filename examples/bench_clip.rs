@@ -336,7 +336,12 @@ struct Floors {
 }
 
 impl Floors {
-    fn new(b: &Bench, grads: &wgpu::Buffer, n: u64) -> Floors {
+    fn new(
+        b: &Bench,
+        grads: &wgpu::Buffer,
+        n: u64,
+        options: wgpu_gradclip::ClipperOptions,
+    ) -> Floors {
         let module = b.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("bench_clip.floors"),
             source: wgpu::ShaderSource::Wgsl(include_str!("bench_naive.wgsl").into()),
@@ -344,7 +349,7 @@ impl Floors {
         let workgroups = (n / 4).div_ceil(4096) as u32;
         let out = b.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("bench_clip.floor_out"),
-            size: u64::from(workgroups) * 256 * 16,
+            size: u64::from(workgroups) * u64::from(options.workgroup_size) * 16,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
@@ -356,7 +361,13 @@ impl Floors {
                     layout: None,
                     module: &module,
                     entry_point: Some(entry),
-                    compilation_options: Default::default(),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &[
+                            ("WG", f64::from(options.workgroup_size)),
+                            ("LANES", f64::from(options.lanes)),
+                        ],
+                        ..Default::default()
+                    },
                     cache: None,
                 });
             let mut entries = vec![wgpu::BindGroupEntry {
@@ -465,8 +476,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    let clipper =
-        GradClipper::with_options(&b.device, wgpu_gradclip::ClipperOptions::for_adapter(&info))?;
+    let clipper = GradClipper::new(&b.device)?;
     let data = values(n as usize, 1);
     let pristine = b.storage(&data);
     let grads = b.storage(&data);
@@ -485,7 +495,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     rows.push(("copy", copy, 0, 2.0));
 
     // The shader floors: a bare vec4 read pass and a bare vec4 scale pass.
-    let floors = Floors::new(&b, &grads, n);
+    let floors = Floors::new(&b, &grads, n, clipper.options());
     let s = b.time(
         args.reps,
         &nothing,

@@ -43,27 +43,36 @@ fn scale(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
 
 // Floors: the least a shader pass can cost on this device. read_floor only
 // sums vec4s (what any norm must do); scale_floor multiplies vec4s in place
-// (what any scale pass must do). One invocation per 4096 vec4 / 256.
+// (what any scale pass must do). Each workgroup covers 4096 vec4s and walks
+// them as the clipper does: WG / LANES teams, each over a contiguous share,
+// LANES invocations side by side (see `team_walk` in clip_common.wgsl).
 @group(0) @binding(0) var<storage, read_write> floor_data: array<vec4<f32>>; // [N / 4]
-@group(0) @binding(1) var<storage, read_write> floor_out: array<vec4<f32>>; // [workgroups * 256]
+@group(0) @binding(1) var<storage, read_write> floor_out: array<vec4<f32>>; // [workgroups * WG]
 
-@compute @workgroup_size(256)
+override WG: u32 = 256u;
+override LANES: u32 = 256u;
+
+fn floor_share(wg: u32, lix: u32) -> vec2<u32> {
+    let share = 4096u / (WG / LANES);
+    let lo = wg * 4096u + (lix / LANES) * share;
+    return vec2<u32>(lo + lix % LANES, min(lo + share, arrayLength(&floor_data)));
+}
+
+@compute @workgroup_size(WG)
 fn read_floor(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lix: u32) {
     var s = vec4<f32>(0.0);
-    let base = wg.x * 4096u;
-    let end = min(base + 4096u, arrayLength(&floor_data));
-    for (var i = base + lix; i < end; i += 256u) {
+    let r = floor_share(wg.x, lix);
+    for (var i = r.x; i < r.y; i += LANES) {
         let v = floor_data[i];
         s += v * v;
     }
-    floor_out[wg.x * 256u + lix] = s;
+    floor_out[wg.x * WG + lix] = s;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn scale_floor(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lix: u32) {
-    let base = wg.x * 4096u;
-    let end = min(base + 4096u, arrayLength(&floor_data));
-    for (var i = base + lix; i < end; i += 256u) {
+    let r = floor_share(wg.x, lix);
+    for (var i = r.x; i < r.y; i += LANES) {
         floor_data[i] = floor_data[i] * 0.5;
     }
 }

@@ -12,6 +12,9 @@
 // the value itself.
 
 const WG_SIZE: u32 = 256u;
+// Invocations that walk memory side by side; a power of two dividing
+// WG_SIZE. See `team_walk`.
+override LANES: u32 = 256u;
 
 const FLAG_NAN: u32 = 1u;
 const FLAG_INF: u32 = 2u;
@@ -244,4 +247,27 @@ fn edge_vec4(first: u32, end: u32, lix: u32) -> u32 {
 fn lanes_inside(i4: u32, first: u32, end: u32) -> vec4<bool> {
     let ix = vec4<u32>(i4 * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
     return (ix >= vec4<u32>(first)) & (ix < vec4<u32>(end));
+}
+
+// The whole vec4s of a chunk [first, end), split among the workgroup's
+// WG_SIZE / LANES teams of LANES invocations. Team t walks its own
+// contiguous share from `start`, stepping by LANES, up to `end`. With LANES
+// == WG_SIZE (GPUs) the whole workgroup strides the chunk together, so
+// neighbouring invocations read neighbouring vec4s. CPU drivers run a
+// workgroup one SIMD batch of invocations at a time, each batch through the
+// whole loop; with a team per batch, each batch reads memory front to back
+// instead of jumping WG_SIZE vec4s at every step, which is several times
+// faster there.
+struct TeamWalk {
+    start: u32,
+    end: u32,
+}
+
+fn team_walk(first: u32, end: u32, lix: u32) -> TeamWalk {
+    let a = (first + 3u) / 4u;
+    let b = max(end / 4u, a);
+    let teams = WG_SIZE / LANES;
+    let share = ((b - a + teams - 1u) / teams + LANES - 1u) / LANES * LANES;
+    let lo = min(a + (lix / LANES) * share, b);
+    return TeamWalk(lo + lix % LANES, min(lo + share, b));
 }

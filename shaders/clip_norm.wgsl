@@ -5,7 +5,8 @@
 
 // @slot-begin
 fn norm_range_SLOT(first: u32, end: u32, lix: u32, acc: ptr<function, Acc>) {
-    for (var i4 = (first + 3u) / 4u + lix; i4 < end / 4u; i4 += WG_SIZE) {
+    let walk = team_walk(first, end, lix);
+    for (var i4 = walk.start; i4 < walk.end; i4 += LANES) {
         accumulate(acc, bitcast<vec4<u32>>(load4_SLOT(i4)) & vec4<u32>(ABS_MASK));
     }
     let edge = edge_vec4(first, end, lix);

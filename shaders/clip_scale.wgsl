@@ -4,7 +4,8 @@
 
 // @slot-begin
 fn scale_range_SLOT(first: u32, end: u32, lix: u32, c: f32) {
-    for (var i4 = (first + 3u) / 4u + lix; i4 < end / 4u; i4 += WG_SIZE) {
+    let walk = team_walk(first, end, lix);
+    for (var i4 = walk.start; i4 < walk.end; i4 += LANES) {
         store4_SLOT(i4, load4_SLOT(i4) * c, vec4<bool>(true));
     }
     let edge = edge_vec4(first, end, lix);

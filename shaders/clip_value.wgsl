@@ -11,7 +11,8 @@ fn clamp_vec4_SLOT(i4: u32, limit: f32, inside: vec4<bool>) {
 }
 
 fn clamp_range_SLOT(first: u32, end: u32, lix: u32, limit: f32) {
-    for (var i4 = (first + 3u) / 4u + lix; i4 < end / 4u; i4 += WG_SIZE) {
+    let walk = team_walk(first, end, lix);
+    for (var i4 = walk.start; i4 < walk.end; i4 += LANES) {
         clamp_vec4_SLOT(i4, limit, vec4<bool>(true));
     }
     let edge = edge_vec4(first, end, lix);

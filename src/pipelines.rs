@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub slots: u32,
     /// Invocations per workgroup of every kernel.
     pub workgroup_size: u32,
+    /// Invocations that walk a chunk side by side (`LANES` in WGSL).
+    pub lanes: u32,
     pub grad_layout: wgpu::BindGroupLayout,
     pub finalize_layout: wgpu::BindGroupLayout,
     grad_pipeline_layout: wgpu::PipelineLayout,
@@ -80,51 +82,71 @@ fn base_entries() -> Vec<wgpu::BindGroupLayoutEntry> {
     ]
 }
 
-/// Tuning of a [`GradClipper`] for one kind of device.
+/// Tuning of a [`GradClipper`] for one kind of device. The results do not
+/// depend on it beyond rounding: every choice is exact to the same
+/// tolerance, and any one choice is bit-identical run after run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClipperOptions {
     /// Invocations per workgroup: 32, 64, 128 or 256 (the default).
     pub workgroup_size: u32,
+    /// How many invocations walk a chunk side by side: a power of two from
+    /// 1 to `workgroup_size`. Equal to `workgroup_size` (the default), the
+    /// whole workgroup strides each chunk together, as GPUs want. Smaller,
+    /// the workgroup splits each chunk into contiguous shares, one per
+    /// team of `lanes` invocations, as CPU drivers want: they run one SIMD
+    /// batch of invocations at a time, so a team the width of a batch
+    /// reads memory front to back.
+    pub lanes: u32,
 }
 
 impl Default for ClipperOptions {
     fn default() -> Self {
         Self {
             workgroup_size: WORKGROUP_SIZE,
+            lanes: WORKGROUP_SIZE,
         }
     }
 }
 
 impl ClipperOptions {
-    /// Options suited to the adapter: 64 invocations on CPU drivers
-    /// (lavapipe, llvmpipe, SwiftShader), where each workgroup barrier
-    /// switches between software threads and a smaller tree costs a third
-    /// as much on tiny views; 256 elsewhere.
+    /// Options suited to the adapter; [`GradClipper::new`] uses these.
+    ///
+    /// On CPU drivers (lavapipe, llvmpipe, SwiftShader): 64 invocations,
+    /// because each workgroup barrier switches between software threads
+    /// and a smaller tree costs a third as much on tiny views, in teams as
+    /// wide as the driver's SIMD batch (its largest subgroup size, 8 when
+    /// the driver does not say). Elsewhere: 256 invocations in one team.
     pub fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
-        let workgroup_size = if info.device_type == wgpu::DeviceType::Cpu {
-            64
+        if info.device_type == wgpu::DeviceType::Cpu {
+            let simd = match info.subgroup_max_size {
+                n @ 4..=64 if n.is_power_of_two() => n,
+                _ => 8,
+            };
+            Self {
+                workgroup_size: 64,
+                lanes: simd.min(64),
+            }
         } else {
-            WORKGROUP_SIZE
-        };
-        Self { workgroup_size }
+            Self::default()
+        }
     }
 }
 
 impl GradClipper {
-    /// Prepares the bind group layouts for `device`, with default options.
-    /// Pipelines are compiled lazily by [`GradClipper::plan`], once per
+    /// Prepares the bind group layouts for `device`, with the options
+    /// [`ClipperOptions::for_adapter`] picks for its adapter. Pipelines are compiled lazily by [`GradClipper::plan`], once per
     /// kernel variant.
     ///
     /// Fails with [`Error::UnsupportedDevice`] when the device allows fewer
     /// than 3 storage buffers per shader stage or fewer than 256 invocations
     /// per workgroup (WebGPU guarantees 8 and 256).
     pub fn new(device: &wgpu::Device) -> Result<Self> {
-        Self::with_options(device, ClipperOptions::default())
+        Self::with_options(device, ClipperOptions::for_adapter(&device.adapter_info()))
     }
 
-    /// As [`GradClipper::new`], tuned by `options` (see
-    /// [`ClipperOptions::for_adapter`]). A workgroup size other than 32, 64,
-    /// 128 or 256, or above the device's limits, is
+    /// As [`GradClipper::new`], tuned by `options`. A workgroup size other
+    /// than 32, 64, 128 or 256, or above the device's limits, and a `lanes`
+    /// that is not a power of two from 1 to the workgroup size, are
     /// [`Error::UnsupportedDevice`].
     pub fn with_options(device: &wgpu::Device, options: ClipperOptions) -> Result<Self> {
         let limits = device.limits();
@@ -132,6 +154,12 @@ impl GradClipper {
         if !WORKGROUP_SIZES.contains(&workgroup_size) {
             return Err(Error::UnsupportedDevice(format!(
                 "workgroup size {workgroup_size} is not one of {WORKGROUP_SIZES:?}"
+            )));
+        }
+        let lanes = options.lanes;
+        if !lanes.is_power_of_two() || lanes > workgroup_size {
+            return Err(Error::UnsupportedDevice(format!(
+                "lanes {lanes} is not a power of two from 1 to the workgroup size {workgroup_size}"
             )));
         }
         if limits.max_storage_buffers_per_shader_stage < FIRST_GRAD_BINDING {
@@ -189,6 +217,7 @@ impl GradClipper {
                 limits,
                 slots,
                 workgroup_size,
+                lanes,
                 grad_layout,
                 finalize_layout,
                 grad_pipeline_layout,
@@ -209,6 +238,14 @@ impl GradClipper {
     /// Invocations per workgroup of every kernel.
     pub fn workgroup_size(&self) -> u32 {
         self.shared.workgroup_size
+    }
+
+    /// The options this clipper was built with.
+    pub fn options(&self) -> ClipperOptions {
+        ClipperOptions {
+            workgroup_size: self.shared.workgroup_size,
+            lanes: self.shared.lanes,
+        }
     }
 
     /// How many gradient buffers (binding windows) one dispatch reads.
@@ -242,7 +279,10 @@ impl Shared {
                 module: &module,
                 entry_point: Some(key.entry),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &[("NORM_KIND", f64::from(key.norm_kind))],
+                    constants: &[
+                        ("NORM_KIND", f64::from(key.norm_kind)),
+                        ("LANES", f64::from(self.lanes)),
+                    ],
                     // Every workgroup variable is written before it is read.
                     zero_initialize_workgroup_memory: false,
                 },

@@ -236,15 +236,16 @@ fn report_misuse_is_an_error_not_a_hang() {
 #[test]
 fn unsupported_workgroup_size() {
     for gpu in gpus() {
-        for workgroup_size in [0, 48, 512] {
-            let err = GradClipper::with_options(
-                &gpu.device,
-                wgpu_gradclip::ClipperOptions { workgroup_size },
-            )
-            .unwrap_err();
+        for (workgroup_size, lanes) in [(0, 1), (48, 16), (512, 512), (64, 0), (64, 12), (64, 128)]
+        {
+            let options = wgpu_gradclip::ClipperOptions {
+                workgroup_size,
+                lanes,
+            };
+            let err = GradClipper::with_options(&gpu.device, options).unwrap_err();
             assert!(
                 matches!(err, Error::UnsupportedDevice(_)),
-                "{workgroup_size}: {err}"
+                "{options:?}: {err}"
             );
         }
     }

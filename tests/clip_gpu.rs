@@ -479,18 +479,25 @@ fn one_shot_matches_pytorch_signature() {
 fn every_workgroup_size_gives_the_same_answers() {
     for mut gpu in gpus() {
         for wg in wgpu_gradclip::shaders::WORKGROUP_SIZES {
-            gpu.options = wgpu_gradclip::ClipperOptions { workgroup_size: wg };
-            let mut rng = Rng(14);
-            let (data, layout) = arena_layout(&mut rng, 150, 5);
-            for norm in NORMS {
-                let config = ClipConfig::new(0.3).mode(ClipMode::PerGroup).norm(norm);
-                run_case(
-                    &gpu,
-                    &format!("workgroup size {wg} {norm:?}"),
-                    &config,
-                    vec![data.clone()],
-                    &layout,
-                );
+            // One team (the GPU walk), teams of 8 (the CPU walk), and
+            // single-invocation teams.
+            for lanes in [wg, 8, 1] {
+                gpu.options = wgpu_gradclip::ClipperOptions {
+                    workgroup_size: wg,
+                    lanes,
+                };
+                let mut rng = Rng(14);
+                let (data, layout) = arena_layout(&mut rng, 150, 5);
+                for norm in NORMS {
+                    let config = ClipConfig::new(0.3).mode(ClipMode::PerGroup).norm(norm);
+                    run_case(
+                        &gpu,
+                        &format!("workgroup size {wg}, lanes {lanes}, {norm:?}"),
+                        &config,
+                        vec![data.clone()],
+                        &layout,
+                    );
+                }
             }
         }
     }

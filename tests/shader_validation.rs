@@ -27,12 +27,15 @@ fn clipping_kernels_validate_and_translate_everywhere() {
                 let source = compose(kernel, access, slots, wg);
                 let name = format!("{kernel:?}/{access:?}/{slots} slots/{wg} invocations");
                 for kind in NORM_KINDS {
-                    check_module(
-                        &name,
-                        &source,
-                        kernel.entry_points(),
-                        &[("NORM_KIND", f64::from(kind))],
-                    );
+                    // LANES: the GPU walk (one team) and the CPU walk.
+                    for lanes in [wg, 8] {
+                        check_module(
+                            &name,
+                            &source,
+                            kernel.entry_points(),
+                            &[("NORM_KIND", f64::from(kind)), ("LANES", f64::from(lanes))],
+                        );
+                    }
                 }
             }
         }
