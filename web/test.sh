@@ -58,14 +58,8 @@ export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 # The whole suite runs in one page; SwiftShader is slow, so allow minutes.
 export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}"
 
-# The trainer needs the toy model; until the library has it, the training
-# test is left out and the page test fails (the page cannot train).
-features=()
-if [ -f "$root/src/toy/mod.rs" ]; then
-    features=(--features toy)
-else
-    echo "test.sh: the library has no toy model yet (src/toy); the page test will fail" >&2
-fi
+# The page and the training test need the library's toy model.
+features=(--features toy)
 
 # Both parts run even when the first fails, so one CI log shows everything.
 failed=()

@@ -29,14 +29,14 @@ fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     let lr = bitcast<f32>(ints[p.step_off]);
     let bc1 = bitcast<f32>(ints[p.step_off + 1u]);
     let bc2 = bitcast<f32>(ints[p.step_off + 2u]);
-    let g = mem[p.g_off + i];
-    var w = mem[p.p_off + i];
+    let g = ld(p.g_off + i);
+    var w = ld(p.p_off + i);
     if i >= p.decay_from {
         w *= 1.0 - lr * p.weight_decay;
     }
-    let m = p.beta1 * mem[p.m_off + i] + (1.0 - p.beta1) * g;
-    let v = p.beta2 * mem[p.v_off + i] + (1.0 - p.beta2) * g * g;
-    mem[p.m_off + i] = m;
-    mem[p.v_off + i] = v;
-    mem[p.p_off + i] = w - lr * (m / bc1) / (sqrt(v / bc2) + p.eps);
+    let m = p.beta1 * ld(p.m_off + i) + (1.0 - p.beta1) * g;
+    let v = p.beta2 * ld(p.v_off + i) + (1.0 - p.beta2) * g * g;
+    st(p.m_off + i, m);
+    st(p.v_off + i, v);
+    st(p.p_off + i, w - lr * (m / bc1) / (sqrt(v / bc2) + p.eps));
 }

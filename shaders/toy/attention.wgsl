@@ -127,10 +127,10 @@ fn attention(@builtin(global_invocation_id) gid: vec3<u32>) {
             let s = dot16(q, head_row(key_row(p.k_off, p.k_rs, b, j) + hc)) * p.scale;
             pr = exp(s - mx) * inv;
         }
-        mem[p_base + j] = pr;
+        st(p_base + j, pr);
     }
     o = o * inv;
     for (var d = 0u; d < p.dh; d++) {
-        mem[o_ix + d] = o[d / 4u][d % 4u];
+        st(o_ix + d, o[d / 4u][d % 4u]);
     }
 }

@@ -55,7 +55,7 @@ fn dot16(a: mat4x4<f32>, b: mat4x4<f32>) -> f32 {
 
 fn store_row(off: u32, v: mat4x4<f32>) {
     for (var d = 0u; d < p.dh; d++) {
-        mem[off + d] = v[d / 4u][d % 4u];
+        st(off + d, v[d / 4u][d % 4u]);
     }
 }
 
@@ -92,7 +92,7 @@ fn attention_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
         let rd = dot16(d_o, head_row(p.o_off + row * p.o_rs + hc));
         var dq = mat4x4<f32>();
         for (var j = 0u; j < p.tk; j++) {
-            let pr = mem[p_base + t * p.tk + j];
+            let pr = ld(p_base + t * p.tk + j);
             if pr == 0.0 {
                 continue;
             }
@@ -113,7 +113,7 @@ fn attention_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     var dk = mat4x4<f32>();
     var dv = mat4x4<f32>();
     for (var t = 0u; t < p.tq; t++) {
-        let pr = mem[p_base + t * p.tk + j];
+        let pr = ld(p_base + t * p.tk + j);
         if pr == 0.0 {
             continue;
         }

@@ -10,25 +10,31 @@ const NONE: u32 = 0xffffffffu;
 // Most negative finite f32: masked attention logits, as OpenFlamingo (not -inf).
 const F32_LOWEST: f32 = -3.4028234663852886e38;
 
-@group(0) @binding(0) var<storage, read_write> mem: array<f32>;        // [arena]
+// The arena is typed as vec4s, so a four-element load or store is one
+// memory access: CPU drivers run every access of an invocation as a
+// separate gather, so four scalar accesses cost about four times one vec4.
+// Scalars are components of those vec4s; both forms address the same
+// bytes, so kernels mix them freely.
+@group(0) @binding(0) var<storage, read_write> mem: array<vec4<f32>>;  // [arena / 4]
 // Per-step integer data: token ids, targets, text_time, image slots, lr bits.
 @group(0) @binding(2) var<storage, read_write> ints: array<u32>;       // [batch words]
 
-// The arena read and written four elements at a time, at vec4 index `i`
-// (element 4 * i). A second, vec4-typed binding of the same buffer would be
-// faster on some drivers, but WebGPU forbids two writable bindings of one
-// buffer in a dispatch.
+// Element `i` of the arena.
+fn ld(i: u32) -> f32 {
+    return mem[i / 4u][i % 4u];
+}
+
+fn st(i: u32, v: f32) {
+    mem[i / 4u][i % 4u] = v;
+}
+
+// Elements 4i .. 4i + 3 of the arena.
 fn ld4(i: u32) -> vec4<f32> {
-    let b = i * 4u;
-    return vec4<f32>(mem[b], mem[b + 1u], mem[b + 2u], mem[b + 3u]);
+    return mem[i];
 }
 
 fn st4(i: u32, v: vec4<f32>) {
-    let b = i * 4u;
-    mem[b] = v.x;
-    mem[b + 1u] = v.y;
-    mem[b + 2u] = v.z;
-    mem[b + 3u] = v.w;
+    mem[i] = v;
 }
 
 // Row `r` of a logical [rows, width] tensor starts at
@@ -78,10 +84,10 @@ fn tanh_safe(x: f32) -> f32 {
     return (e - 1.0) / (e + 1.0);
 }
 
-// tanh(mem[off]) for a gate parameter, or 1 when there is no gate.
+// tanh of arena element `off`, a gate parameter,, or 1 when there is no gate.
 fn gate_scale(off: u32) -> f32 {
     if off == NONE {
         return 1.0;
     }
-    return tanh_safe(mem[off]);
+    return tanh_safe(ld(off));
 }

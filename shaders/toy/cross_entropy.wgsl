@@ -26,27 +26,27 @@ fn cross_entropy(@builtin(global_invocation_id) gid: vec3<u32>) {
     let dbase = p.dlogits_off + r * p.vocab;
     let tgt = ints[p.tgt_off + r];
     if tgt >= p.vocab {
-        mem[p.loss_off + r] = 0.0;
+        st(p.loss_off + r, 0.0);
         for (var j = 0u; j < p.vocab; j++) {
-            mem[dbase + j] = 0.0;
+            st(dbase + j, 0.0);
         }
         return;
     }
     var mx = F32_LOWEST;
     for (var j = 0u; j < p.vocab; j++) {
-        mx = max(mx, mem[base + j]);
+        mx = max(mx, ld(base + j));
     }
     var sum = 0.0;
     for (var j = 0u; j < p.vocab; j++) {
-        sum += exp(mem[base + j] - mx);
+        sum += exp(ld(base + j) - mx);
     }
-    mem[p.loss_off + r] = log(sum) + mx - mem[base + tgt];
+    st(p.loss_off + r, log(sum) + mx - ld(base + tgt));
     let inv_n = 1.0 / f32(max(ints[p.valid_off], 1u));
     for (var j = 0u; j < p.vocab; j++) {
-        var g = exp(mem[base + j] - mx) / sum;
+        var g = exp(ld(base + j) - mx) / sum;
         if j == tgt {
             g -= 1.0;
         }
-        mem[dbase + j] = g * inv_n;
+        st(dbase + j, g * inv_n);
     }
 }

@@ -27,5 +27,5 @@ fn embedding(@builtin(global_invocation_id) gid: vec3<u32>) {
     if tok >= p.vocab {
         tok = 0u;
     }
-    mem[p.x_off + i] = mem[p.wte_off + tok * p.n + c] + mem[p.wpe_off + (r % p.t) * p.n + c];
+    st(p.x_off + i, ld(p.wte_off + tok * p.n + c) + ld(p.wpe_off + (r % p.t) * p.n + c));
 }

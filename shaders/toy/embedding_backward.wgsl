@@ -33,10 +33,10 @@ fn embedding_backward(
         if open {
             for (var r = 0u; r < p.m; r++) {
                 if ints[p.tok_off + r] == v {
-                    acc += mem[p.dx_off + r * p.n + c];
+                    acc += ld(p.dx_off + r * p.n + c);
                 }
             }
         }
-        mem[p.dwte_off + v * p.n + c] = acc;
+        st(p.dwte_off + v * p.n + c, acc);
     }
 }

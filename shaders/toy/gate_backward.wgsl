@@ -32,7 +32,7 @@ fn gate_backward(@builtin(local_invocation_index) lid: u32) {
         }
     }
     if lid == 0u {
-        let t = tanh_safe(mem[p.gate_off]);
-        mem[p.grad_off] = (1.0 - t * t) * sh_s[0];
+        let t = tanh_safe(ld(p.gate_off));
+        st(p.grad_off, (1.0 - t * t) * sh_s[0]);
     }
 }

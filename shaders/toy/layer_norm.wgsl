@@ -36,8 +36,8 @@ fn layer_norm(@builtin(global_invocation_id) gid: vec3<u32>) {
         q += dot(d, d);
     }
     let rstd = inverseSqrt(q / f32(p.n) + p.eps);
-    mem[p.stats_off + 2u * r] = mean;
-    mem[p.stats_off + 2u * r + 1u] = rstd;
+    st(p.stats_off + 2u * r, mean);
+    st(p.stats_off + 2u * r + 1u, rstd);
     for (var c = 0u; c < n4; c++) {
         st4(yb + c, (ld4(xb + c) - mean) * rstd * ld4(p.gamma_off / 4u + c)
             + ld4(p.beta_off / 4u + c));

@@ -26,8 +26,8 @@ fn layer_norm_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let dyb = row_at(p.dy, r) / 4u;
     let xb = row_at(p.x, r) / 4u;
     let g0 = p.gamma_off / 4u;
-    let mean = mem[p.stats_off + 2u * r];
-    let rstd = mem[p.stats_off + 2u * r + 1u];
+    let mean = ld(p.stats_off + 2u * r);
+    let rstd = ld(p.stats_off + 2u * r + 1u);
     var s1 = 0.0;
     var s2 = 0.0;
     for (var c = 0u; c < n4; c++) {

@@ -32,9 +32,9 @@ fn layer_norm_grad_params(
     var bsum = 0.0;
     if c < p.n {
         for (var r = part; r < p.m; r += 4u) {
-            let dy = mem[row_at(p.dy, r) + c];
-            let xh = (mem[row_at(p.x, r) + c] - mem[p.stats_off + 2u * r])
-                * mem[p.stats_off + 2u * r + 1u];
+            let dy = ld(row_at(p.dy, r) + c);
+            let xh = (ld(row_at(p.x, r) + c) - ld(p.stats_off + 2u * r))
+                * ld(p.stats_off + 2u * r + 1u);
             g += dy * xh;
             bsum += dy;
         }
@@ -46,10 +46,10 @@ fn layer_norm_grad_params(
         g = (sh_g[lid] + sh_g[lid + 64u]) + (sh_g[lid + 128u] + sh_g[lid + 192u]);
         bsum = (sh_b[lid] + sh_b[lid + 64u]) + (sh_b[lid + 128u] + sh_b[lid + 192u]);
         if p.accumulate != 0u {
-            g += mem[p.dgamma_off + c];
-            bsum += mem[p.dbeta_off + c];
+            g += ld(p.dgamma_off + c);
+            bsum += ld(p.dbeta_off + c);
         }
-        mem[p.dgamma_off + c] = g;
-        mem[p.dbeta_off + c] = bsum;
+        st(p.dgamma_off + c, g);
+        st(p.dbeta_off + c, bsum);
     }
 }

@@ -52,27 +52,27 @@ fn epilogue1(r: u32, c: u32, v: f32) {
     let yix = row_at(p.y, r) + c;
     switch p.epi {
         case EPI_GELU: {
-            mem[row_at(p.aux, r) + c] = v;
-            mem[yix] = gelu(v);
+            st(row_at(p.aux, r) + c, v);
+            st(yix, gelu(v));
         }
         case EPI_GELU_BWD: {
-            mem[yix] = v * gelu_grad(mem[row_at(p.aux, r) + c]);
+            st(yix, v * gelu_grad(ld(row_at(p.aux, r) + c)));
         }
         case EPI_RESIDUAL: {
             if has(F_AUX) {
-                mem[row_at(p.aux, r) + c] = v;
+                st(row_at(p.aux, r) + c, v);
             }
-            mem[yix] = mem[row_at(p.res, r) + c] + gate_scale(p.gate_off) * v;
+            st(yix, ld(row_at(p.res, r) + c) + gate_scale(p.gate_off) * v);
         }
         default: {
             var out = v;
             if has(F_ADD) {
-                out += mem[row_at(p.add, r) + c];
+                out += ld(row_at(p.add, r) + c);
             }
             if has(F_ACCUM) {
-                out += mem[yix];
+                out += ld(yix);
             }
-            mem[yix] = out;
+            st(yix, out);
         }
     }
 }

@@ -5,8 +5,8 @@
 // CPU drivers). Rows are summed in order, so the result is deterministic.
 
 struct Params {
-    dy: RowMap,   // [m, n] output gradient
-    x: RowMap,    // [m, k] layer input
+    dy: RowMap,   // [m, n] output gradient, rows 4-aligned
+    x: RowMap,    // [m, k] layer input, rows 4-aligned
     m: u32,
     n: u32,       // a multiple of 8
     k: u32,       // a multiple of 8
@@ -27,11 +27,11 @@ fn store_row(n: u32, k0: u32, lo: vec4<f32>, hi: vec4<f32>) {
         var vl = lo[j];
         var vh = hi[j];
         if p.accumulate != 0u {
-            vl += mem[base + j];
-            vh += mem[base + 4u + j];
+            vl += ld(base + j);
+            vh += ld(base + 4u + j);
         }
-        mem[base + j] = vl;
-        mem[base + 4u + j] = vh;
+        st(base + j, vl);
+        st(base + 4u + j, vh);
     }
 }
 
@@ -60,12 +60,13 @@ fn linear_grad_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
     var a7l = vec4<f32>(0.0);
     var a7h = vec4<f32>(0.0);
     for (var r = 0u; r < p.m; r++) {
-        let xb = row_at(p.x, r) + k0;
-        let db = row_at(p.dy, r) + n0;
-        let xl = vec4<f32>(mem[xb], mem[xb + 1u], mem[xb + 2u], mem[xb + 3u]);
-        let xh = vec4<f32>(mem[xb + 4u], mem[xb + 5u], mem[xb + 6u], mem[xb + 7u]);
-        let dl = vec4<f32>(mem[db], mem[db + 1u], mem[db + 2u], mem[db + 3u]);
-        let dh = vec4<f32>(mem[db + 4u], mem[db + 5u], mem[db + 6u], mem[db + 7u]);
+        // Rows are 4-aligned and k0, n0 multiples of 8: whole vec4s.
+        let xb = (row_at(p.x, r) + k0) / 4u;
+        let db = (row_at(p.dy, r) + n0) / 4u;
+        let xl = ld4(xb);
+        let xh = ld4(xb + 1u);
+        let dl = ld4(db);
+        let dh = ld4(db + 1u);
         a0l += dl.x * xl;
         a0h += dl.x * xh;
         a1l += dl.y * xl;

@@ -23,10 +23,10 @@ fn sum_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var acc = 0.0;
     for (var g = 0u; g < p.groups; g++) {
-        acc += mem[p.x_off + g * p.rows * p.n + i];
+        acc += ld(p.x_off + g * p.rows * p.n + i);
     }
     if p.accumulate != 0u {
-        acc += mem[p.y_off + i];
+        acc += ld(p.y_off + i);
     }
-    mem[p.y_off + i] = acc;
+    st(p.y_off + i, acc);
 }

@@ -23,9 +23,9 @@ fn vision_embed(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     }
     let row = (i / p.n) % p.tokens;
     let c = i % p.n;
-    var v = mem[p.x_off + i];
+    var v = ld(p.x_off + i);
     if row == 0u {
-        v = mem[p.cls_off + c];
+        v = ld(p.cls_off + c);
     }
-    mem[p.x_off + i] = v + mem[p.pos_off + row * p.n + c];
+    st(p.x_off + i, v + ld(p.pos_off + row * p.n + c));
 }

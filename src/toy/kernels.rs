@@ -2,9 +2,9 @@
 //! twins of their uniform blocks, and the machinery that records a fixed
 //! list of dispatches.
 //!
-//! Every kernel binds the same three storage buffers (the f32 arena `mem`,
-//! the same arena as `vec4`, and the per-step `ints`) plus one uniform
-//! block picked by a dynamic offset. A model is therefore a list of
+//! Every kernel binds the same two storage buffers (the f32 arena `mem`,
+//! typed as `vec4`s, and the per-step `ints`) plus one uniform block picked
+//! by a dynamic offset. A model is therefore a list of
 //! [`Dispatch`]es, written once into a [`Program`] and replayed each step:
 //! recording a step allocates nothing and builds no bind group.
 
@@ -646,9 +646,11 @@ impl Dispatch {
         Self::new(Kernel::LayerNormBackward, &p, grid_1d(p.m))
     }
 
-    /// A [`Kernel::LinearGradWeight`] launch.
+    /// A [`Kernel::LinearGradWeight`] launch. `n` and `k` must be multiples
+    /// of 8, and `dy` and `x` rows 4-aligned.
     pub fn linear_grad_weight(p: LinearGradWeightParams) -> Self {
         debug_assert!(p.n.is_multiple_of(LINEAR_TILE) && p.k.is_multiple_of(LINEAR_TILE));
+        debug_assert!(p.dy.vec4_aligned() && p.x.vec4_aligned());
         let tiles = (p.n / LINEAR_TILE) * (p.k / LINEAR_TILE);
         Self::new(
             Kernel::LinearGradWeight,
