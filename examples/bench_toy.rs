@@ -2,7 +2,8 @@
 //! adapter: steps per second of caption-text pretraining and of the
 //! Flamingo stage (forward, backward, clip, AdamW, loss readback), after a
 //! few warm-up steps. `--profile` also times every dispatch of a Flamingo
-//! step on its own, grouped by kernel.
+//! step on its own, grouped by kernel, and the clip as one submission, and
+//! prints the clip's share of the total.
 //!
 //! ```text
 //! cargo run --release --example bench_toy -- [--steps N] [--profile]
@@ -64,7 +65,14 @@ fn main() {
         );
         if profile {
             let mut by_kernel: BTreeMap<String, (f64, u32)> = BTreeMap::new();
-            for (name, secs) in trainer.profile(3).await? {
+            let timings = trainer.profile(3).await?;
+            let all: f64 = timings.iter().map(|(_, s)| s).sum();
+            let clip: f64 = timings
+                .iter()
+                .filter(|(name, _)| name.starts_with("Clip"))
+                .map(|(_, s)| s)
+                .sum();
+            for (name, secs) in timings {
                 let kernel = name.split(' ').next().unwrap_or("?").to_string();
                 let e = by_kernel.entry(kernel).or_default();
                 e.0 += secs;
@@ -74,8 +82,14 @@ fn main() {
             rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
             println!("per-kernel time of one Flamingo step, each dispatch submitted alone:");
             for (k, (secs, n)) in rows {
-                println!("  {k:<22} {n:>3} dispatches {:>8.2} ms", secs * 1e3);
+                println!("  {k:<22} {n:>3} submissions {:>8.2} ms", secs * 1e3);
             }
+            println!(
+                "clipping: {:.2} ms of {:.2} ms for forward, backward and clip, each submitted alone: {:.1}%",
+                clip * 1e3,
+                all * 1e3,
+                100.0 * clip / all
+            );
         }
         Ok::<_, wgpu_gradclip::toy::ToyError>(())
     });

@@ -753,7 +753,8 @@ impl Trainer {
 
 impl Trainer {
     /// Times every dispatch of a Flamingo step on its own (submit and wait
-    /// each), to find slow kernels. Native only.
+    /// each), to find slow kernels, and last the clip as one submission
+    /// (named `Clip`). Native only.
     #[cfg(not(target_arch = "wasm32"))]
     pub async fn profile(&self, reps: u32) -> Result<Vec<(String, f64)>, ToyError> {
         let batch = self.training_batch(Stage::Flamingo, 0);
@@ -776,6 +777,20 @@ impl Trainer {
                 t.elapsed().as_secs_f64() / f64::from(reps),
             ));
         }
+        // The clip as the step records it: norms, coefficients, scale.
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            let mut encoder = self.encoder("wgpu_gradclip.toy.profile");
+            self.plan.record(&mut encoder);
+            self.queue.submit([encoder.finish()]);
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| ToyError::Readback(e.to_string()))?;
+        }
+        out.push((
+            format!("Clip {} dispatches", self.plan.dispatch_count()),
+            t.elapsed().as_secs_f64() / f64::from(reps),
+        ));
         Ok(out)
     }
 }
