@@ -43,7 +43,7 @@ options:
   --dump-dataset FILE   write the generated images, tokens and labels too
   --checkpoint-every N  steps between checkpoints (default 500)
   --log-every N         steps between progress lines (default 50)
-  --train-images N      images in the training pool (default 4096)
+  --train-images N      images in the training pool (default 16384)
   --eval-images N       held-out images (default 160; 1.5 captions each)
   --no-cache            do not read or write the pretrained-LM cache
 adapter: WGPU_BACKEND (vulkan, gl, metal, dx12) and WGPU_ADAPTER_NAME";
