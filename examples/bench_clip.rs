@@ -20,6 +20,9 @@ struct Args {
     chunk: u32,
     reps: usize,
     json: bool,
+    /// Overrides of the options `GradClipper::new` picks for the adapter.
+    workgroup_size: Option<u32>,
+    lanes: Option<u32>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -28,6 +31,8 @@ fn parse_args() -> Result<Args, String> {
         chunk: wgpu_gradclip::DEFAULT_CHUNK_ELEMENTS,
         reps: 15,
         json: false,
+        workgroup_size: None,
+        lanes: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -45,9 +50,19 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--chunk: {e}"))?
             }
             "--json" => args.json = true,
+            "--workgroup-size" => {
+                let v = value("--workgroup-size")?;
+                args.workgroup_size = Some(v.parse().map_err(|e| format!("--workgroup-size: {e}"))?)
+            }
+            "--lanes" => {
+                let v = value("--lanes")?;
+                args.lanes = Some(v.parse().map_err(|e| format!("--lanes: {e}"))?)
+            }
             "-h" | "--help" => {
                 return Err(
-                    "usage: bench_clip [--n ELEMENTS] [--reps N] [--chunk ELEMENTS] [--json]"
+                    "usage: bench_clip [--n ELEMENTS] [--reps N] [--chunk ELEMENTS] [--json]\n\
+                     \x20                 [--workgroup-size 32|64|128|256] [--lanes N]\n\
+                     --workgroup-size and --lanes override what the clipper picks for the adapter"
                         .into(),
                 );
             }
@@ -469,14 +484,19 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let n = args.n;
     let bytes = n * 4;
+    let picked = wgpu_gradclip::ClipperOptions::for_adapter(&info);
+    let workgroup_size = args.workgroup_size.unwrap_or(picked.workgroup_size);
+    let options = wgpu_gradclip::ClipperOptions {
+        workgroup_size,
+        lanes: args.lanes.unwrap_or(picked.lanes.min(workgroup_size)),
+    };
+    let clipper = GradClipper::with_options(&b.device, options)?;
     if !args.json {
         eprintln!(
-            "adapter: {} ({:?}), N = {n}, {} reps",
-            info.name, info.backend, args.reps
+            "adapter: {} ({:?}), N = {n}, {} reps, workgroup size {}, lanes {}",
+            info.name, info.backend, args.reps, options.workgroup_size, options.lanes
         );
     }
-
-    let clipper = GradClipper::new(&b.device)?;
     let data = values(n as usize, 1);
     let pristine = b.storage(&data);
     let grads = b.storage(&data);
@@ -620,13 +640,14 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let s = b.time(args.reps, &restore_small, &[&|enc| small.record(enc)]);
     rows.push(("small_1000", s, small.dispatch_count(), 3.0));
 
-    report(args, &info, n, &rows, b.timer.is_some());
+    report(args, &info, clipper.options(), n, &rows, b.timer.is_some());
     Ok(())
 }
 
 fn report(
     args: &Args,
     info: &wgpu::AdapterInfo,
+    options: wgpu_gradclip::ClipperOptions,
     n: u64,
     rows: &[(&str, Sample, usize, f64)],
     timestamps: bool,
@@ -690,10 +711,12 @@ fn report(
             .map(|(k, v, t)| format!("{{\"ratio\":\"{k}\",\"value\":{v:.4},\"target\":\"{t}\"}}"))
             .collect();
         println!(
-            "{{\"adapter\":\"{}\",\"backend\":\"{:?}\",\"n\":{n},\"reps\":{},\"timestamps\":{timestamps},\"cases\":[{}],\"ratios\":[{}]}}",
+            "{{\"adapter\":\"{}\",\"backend\":\"{:?}\",\"n\":{n},\"reps\":{},\"workgroup_size\":{},\"lanes\":{},\"timestamps\":{timestamps},\"cases\":[{}],\"ratios\":[{}]}}",
             info.name.replace('"', "'"),
             info.backend,
             args.reps,
+            options.workgroup_size,
+            options.lanes,
             cases.join(","),
             ratio_json.join(",")
         );
