@@ -50,8 +50,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-// Chunks as (slot | group << 8, first element, element count, partial index),
-// then one (first partial, partial count) entry per group.
+// Chunks as (group, table index of the first segment, segment count,
+// partial index); segments as (slot, first element, element count, 0); then
+// one (first partial, partial count) entry per group.
 @group(0) @binding(1) var<storage, read> plan_table: array<vec4<u32>>;
 // Partials, then group power sums plus the total, then per-group
 // (norm, coefficient, flags, clipped) plus the total.

@@ -1,7 +1,8 @@
-// Norm pass: each workgroup reduces one chunk of one view to a power sum
-// and writes it to scratch[partial index]. Chunks never straddle a group or
-// a binding window, so one dispatch covers every view in up to one binding
-// per slot, however many views those bindings hold.
+// Norm pass: each workgroup reduces one chunk (one or more segments of one
+// group) to a power sum and writes it to scratch[partial index]. Segments
+// never straddle a group or a binding window, so one dispatch covers every
+// view in up to one binding per slot, however many views those bindings
+// hold.
 
 // @slot-begin
 fn norm_range_SLOT(first: u32, end: u32, lix: u32, acc: ptr<function, Acc>) {
@@ -36,7 +37,10 @@ fn norm_partials(
     let chunk = plan_table[params.chunk_base + chunk_ix];
 
     var acc = new_acc();
-    norm_range(chunk.x & 0xffu, chunk.y, chunk.y + chunk.z, lix, &acc);
+    for (var s = chunk.y; s < chunk.y + chunk.z; s++) {
+        let segment = plan_table[s];
+        norm_range(segment.x, segment.y, segment.y + segment.z, lix, &acc);
+    }
 
     let total = workgroup_combine(lix, acc_sum(acc));
     if (lix == 0u) {

@@ -1,6 +1,7 @@
-// Scale pass: multiplies each chunk by its group's coefficient. A workgroup
-// whose coefficient is exactly 1 returns before touching the gradients, so
-// an inactive clip writes nothing and needs no host round trip to know it.
+// Scale pass: multiplies each chunk's segments by its group's coefficient.
+// A workgroup whose coefficient is exactly 1 returns before touching the
+// gradients, so an inactive clip writes nothing and needs no host round
+// trip to know it.
 
 // @slot-begin
 fn scale_range_SLOT(first: u32, end: u32, lix: u32, c: f32) {
@@ -32,9 +33,12 @@ fn scale(
         return;
     }
     let chunk = plan_table[params.chunk_base + chunk_ix];
-    let c = bitcast<f32>(scratch[params.coef_base + (chunk.x >> 8u)].y);
+    let c = bitcast<f32>(scratch[params.coef_base + chunk.x].y);
     if (c == 1.0) {
         return;
     }
-    scale_range(chunk.x & 0xffu, chunk.y, chunk.y + chunk.z, lix, c);
+    for (var s = chunk.y; s < chunk.y + chunk.z; s++) {
+        let segment = plan_table[s];
+        scale_range(segment.x, segment.y, segment.y + segment.z, lix, c);
+    }
 }

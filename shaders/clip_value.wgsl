@@ -39,5 +39,8 @@ fn clamp_values(
         return;
     }
     let chunk = plan_table[params.chunk_base + chunk_ix];
-    clamp_range(chunk.x & 0xffu, chunk.y, chunk.y + chunk.z, lix, params.clip_value);
+    for (var s = chunk.y; s < chunk.y + chunk.z; s++) {
+        let segment = plan_table[s];
+        clamp_range(segment.x, segment.y, segment.y + segment.z, lix, params.clip_value);
+    }
 }

@@ -8,12 +8,19 @@
 //!   split across windows.
 //! - A *batch* is up to `slots` windows bound together; it costs one norm
 //!   dispatch and one scale dispatch, however many views its windows hold.
-//! - A *chunk* is the work of one workgroup: a contiguous run of elements of
-//!   one group inside one window. Chunks write one partial each; each
+//! - A *segment* is a contiguous run of elements of one group inside one
+//!   window, at most `chunk_elements` long.
+//! - A *chunk* is the work of one workgroup: one or more segments of one
+//!   group in one batch, at most `chunk_elements` elements in all (so many
+//!   short views share a workgroup). Chunks write one partial each; each
 //!   group's partials are contiguous so the finalize pass can reduce them
 //!   in a fixed order.
 
 use crate::shaders::GradAccess;
+
+/// The most segments one chunk holds, so that a chunk of many tiny views
+/// does not become one long serial loop for its workgroup.
+pub(crate) const MAX_SEGMENTS_PER_CHUNK: u32 = 64;
 
 /// One non-empty or empty view, by index into the plan's distinct buffers.
 #[derive(Clone, Copy, Debug)]
@@ -60,8 +67,10 @@ pub(crate) struct Batch {
 pub(crate) struct Layout {
     pub windows: Vec<Window>,
     pub batches: Vec<Batch>,
-    /// (slot | group << 8, first element in window, element count, partial index)
+    /// (group, first segment, segment count, partial index)
     pub chunks: Vec<[u32; 4]>,
+    /// (slot, first element in window, element count, 0)
+    pub segments: Vec<[u32; 4]>,
     /// Per group: (first partial, partial count).
     pub group_ranges: Vec<[u32; 2]>,
 }
@@ -178,10 +187,10 @@ pub(crate) fn layout(
         batches[b].windows.push(i);
     }
 
-    // Chunks per batch, split on a grid of `chunk_elements` relative to the
-    // window so that chunk boundaries fall on whole vec4s.
+    // Segments per batch, split on a grid of `chunk_elements` relative to
+    // the window so that segment boundaries fall on whole vec4s.
     let chunk = u64::from(limits.chunk_elements.max(4) / 4 * 4);
-    let mut per_batch: Vec<Vec<[u32; 4]>> = vec![Vec::new(); batches.len()];
+    let mut per_batch: Vec<Vec<(u32, [u32; 4])>> = vec![Vec::new(); batches.len()];
     pieces.sort_by_key(|&(key, offset, _, _)| (window_of[&key], offset));
     for &(key, offset, bytes, group) in &pieces {
         let w = window_of[&key];
@@ -191,9 +200,49 @@ pub(crate) fn layout(
         let mut pos = first;
         while pos < end {
             let next = ((pos / chunk + 1) * chunk).min(end);
-            per_batch[b].push([slot | group << 8, pos as u32, (next - pos) as u32, 0]);
+            per_batch[b].push((group, [slot, pos as u32, (next - pos) as u32, 0]));
             pos = next;
         }
+    }
+
+    // Chunks: each batch's segments in group order (stable, so address
+    // order within a group), consecutive segments of one group packed into
+    // one chunk while they hold at most `chunk` elements together. Views
+    // shorter than a chunk then share workgroups instead of costing one
+    // each.
+    let mut segments: Vec<[u32; 4]> = Vec::new();
+    let per_batch: Vec<Vec<[u32; 4]>> = per_batch
+        .into_iter()
+        .map(|mut list| {
+            list.sort_by_key(|&(group, _)| group);
+            let mut packed: Vec<[u32; 4]> = Vec::new();
+            let mut elements = 0u64;
+            for (group, seg) in list {
+                let ix = segments.len() as u32;
+                segments.push(seg);
+                match packed.last_mut() {
+                    Some(c)
+                        if c[0] == group
+                            && c[2] < MAX_SEGMENTS_PER_CHUNK
+                            && elements + u64::from(seg[2]) <= chunk =>
+                    {
+                        c[2] += 1;
+                        elements += u64::from(seg[2]);
+                    }
+                    _ => {
+                        packed.push([group, ix, 1, 0]);
+                        elements = u64::from(seg[2]);
+                    }
+                }
+            }
+            packed
+        })
+        .collect();
+    if segments.len() as u64 > u64::from(u32::MAX) / 2 {
+        return Err(LayoutError::TooLarge(format!(
+            "{} segments",
+            segments.len()
+        )));
     }
 
     let mut chunks = Vec::new();
@@ -217,7 +266,7 @@ pub(crate) fn layout(
     // Partials: group-major, so each group's partials are contiguous.
     let mut counts = vec![0u32; n_groups as usize];
     for c in &chunks {
-        counts[(c[0] >> 8) as usize] += 1;
+        counts[c[0] as usize] += 1;
     }
     let mut group_ranges = Vec::with_capacity(n_groups as usize);
     let mut next = 0u32;
@@ -226,7 +275,7 @@ pub(crate) fn layout(
         next += n;
     }
     for c in chunks.iter_mut() {
-        let r = &mut group_ranges[(c[0] >> 8) as usize];
+        let r = &mut group_ranges[c[0] as usize];
         c[3] = r[0] + r[1];
         r[1] += 1;
     }
@@ -235,6 +284,7 @@ pub(crate) fn layout(
         windows,
         batches,
         chunks,
+        segments,
         group_ranges,
     })
 }
@@ -318,6 +368,82 @@ mod tests {
             .collect()
     }
 
+    /// Every element of every view lies in exactly one segment, of a chunk
+    /// of the view's group; no segment reaches outside the views; a chunk
+    /// holds at most `chunk` elements and `MAX_SEGMENTS_PER_CHUNK` segments,
+    /// all inside its batch.
+    fn check_coverage(views: &[ViewSpec], l: &Layout, chunk: u64) {
+        use std::collections::HashMap;
+        // (buffer, byte offset) -> group, for every element of every view.
+        let mut owner: HashMap<(usize, u64), u32> = HashMap::new();
+        for v in views {
+            for e in 0..v.len {
+                owner.insert((v.buffer, v.offset + 4 * e), v.group);
+            }
+        }
+        let mut seen: HashMap<(usize, u64), u32> = HashMap::new();
+        for b in &l.batches {
+            for c in &l.chunks[b.chunk_base as usize..(b.chunk_base + b.n_chunks) as usize] {
+                assert!(c[2] >= 1 && c[2] <= MAX_SEGMENTS_PER_CHUNK, "{c:?}");
+                let segs = &l.segments[c[1] as usize..(c[1] + c[2]) as usize];
+                let total: u64 = segs.iter().map(|s| u64::from(s[2])).sum();
+                assert!(total <= chunk, "chunk {c:?} holds {total} elements");
+                for seg in segs {
+                    let w = &l.windows[b.windows[seg[0] as usize]];
+                    for e in seg[1]..seg[1] + seg[2] {
+                        let at = (w.buffer, w.offset + 4 * u64::from(e));
+                        assert_eq!(owner.get(&at), Some(&c[0]), "element at {at:?}");
+                        *seen.entry(at).or_default() += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            owner.len(),
+            "some view elements are in no segment"
+        );
+        assert!(
+            seen.values().all(|&n| n == 1),
+            "an element is in two segments"
+        );
+    }
+
+    #[test]
+    fn short_views_share_chunks() {
+        // 1000 views of 64 elements, 8 groups interleaved, 1024-element
+        // chunks: 16 views per chunk rather than one.
+        let views: Vec<ViewSpec> = (0..1000)
+            .map(|i| ViewSpec {
+                buffer: 0,
+                offset: i as u64 * 256,
+                len: 64,
+                group: i as u32 % 8,
+                view: i,
+            })
+            .collect();
+        let l = layout(&views, &[256_000], 8, &limits()).unwrap();
+        check_coverage(&views, &l, 1024);
+        assert_eq!(l.chunks.len(), 64, "8 groups of 125 views, 16 per chunk");
+
+        // Tiny views stop at MAX_SEGMENTS_PER_CHUNK, not at the element count.
+        let views: Vec<ViewSpec> = (0..1000)
+            .map(|i| ViewSpec {
+                buffer: 0,
+                offset: i as u64 * 8,
+                len: 1,
+                group: 0,
+                view: i,
+            })
+            .collect();
+        let l = layout(&views, &[8000], 1, &limits()).unwrap();
+        check_coverage(&views, &l, 1024);
+        assert_eq!(
+            l.chunks.len(),
+            1000_usize.div_ceil(MAX_SEGMENTS_PER_CHUNK as usize)
+        );
+    }
+
     #[test]
     fn dispatch_count_does_not_grow_with_views_in_one_arena() {
         let mut counts = Vec::new();
@@ -325,9 +451,7 @@ mod tests {
             let views = arena_views(n, 8);
             let l = layout(&views, &[1 << 19], 8, &limits()).unwrap();
             counts.push(l.clip_dispatches());
-            let total: u64 = views.iter().map(|v| v.len).sum();
-            let covered: u64 = l.chunks.iter().map(|c| u64::from(c[2])).sum();
-            assert_eq!(total, covered);
+            check_coverage(&views, &l, 1024);
         }
         assert!(
             counts.iter().all(|&c| c == 3),
@@ -349,11 +473,7 @@ mod tests {
         let l = layout(&views, &[len * 4 + 16], 1, &limits()).unwrap();
         assert_eq!(l.windows.len(), 4);
         assert_eq!(l.batches.len(), 2);
-        let covered: u64 = l.chunks.iter().map(|c| u64::from(c[2])).sum();
-        assert_eq!(covered, len);
-        for c in &l.chunks {
-            assert!(c[2] as u64 <= 1024);
-        }
+        check_coverage(&views, &l, 1024);
         assert_eq!(l.group_ranges, vec![[0, l.chunks.len() as u32]]);
     }
 
@@ -469,7 +589,7 @@ mod tests {
         for (g, r) in l.group_ranges.iter().enumerate() {
             for p in r[0]..r[0] + r[1] {
                 let c = l.chunks.iter().find(|c| c[3] == p).unwrap();
-                assert_eq!(c[0] >> 8, g as u32);
+                assert_eq!(c[0], g as u32);
                 seen[p as usize] = true;
             }
         }

@@ -310,9 +310,16 @@ impl GradClipper {
             },
         )?;
 
-        // The plan table: chunks, then one (first partial, count) per group.
+        // The plan table: chunks, segments, then one (first partial, count)
+        // per group. A chunk names its first segment by table index.
         let n_chunks = layout.chunks.len() as u32;
-        let mut table: Vec<[u32; 4]> = layout.chunks.clone();
+        let mut table: Vec<[u32; 4]> = layout
+            .chunks
+            .iter()
+            .map(|c| [c[0], c[1] + n_chunks, c[2], c[3]])
+            .collect();
+        table.extend_from_slice(&layout.segments);
+        let group_table_base = table.len() as u32;
         table.extend(layout.group_ranges.iter().map(|r| [r[0], r[1], 0, 0]));
         if table.is_empty() {
             table.push([0; 4]);
@@ -343,7 +350,7 @@ impl GradClipper {
             n_groups,
             results_base,
             coef_base,
-            group_table_base: n_chunks,
+            group_table_base,
             ..template
         };
         let mut blocks = vec![0u8; (stride * (layout.batches.len() as u64 + 1)) as usize];
