@@ -270,6 +270,24 @@ const COLOURS: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
 ];
 
+/// Steps to label on the x axis: multiples of a round spacing (1, 2 or 5
+/// times a power of ten) giving about five intervals up to `max_step`.
+fn step_ticks(max_step: f64) -> Vec<u32> {
+    let raw = (max_step / 5.0).max(1.0);
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let spacing = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|&s| s >= raw)
+        .unwrap_or(10.0 * magnitude)
+        .max(1.0);
+    (0..)
+        .map(|i| (f64::from(i) * spacing).round())
+        .take_while(|&s| s <= max_step)
+        .map(|s| s as u32)
+        .collect()
+}
+
 /// An SVG with two panels over the Flamingo-stage steps: the loss, and
 /// each clip group's pre-clip gradient norm (log scale) against the
 /// max_norm line, with axes, ticks and a legend.
@@ -300,8 +318,7 @@ pub fn plot_svg(rows: &[MetricRow], groups: &[String], max_norm: f32) -> String 
                 py + 4.0
             );
         }
-        for i in 0..=5 {
-            let s = (max_step * f64::from(i) / 5.0).round() as u32;
+        for s in step_ticks(max_step) {
             let px = x(s);
             let _ = writeln!(
                 svg,
@@ -492,4 +509,18 @@ pub fn dump_dataset(trainer: &Trainer, path: &Path, steps: u32) -> Result<(), To
     metadata.insert("seed".into(), c.seed.to_string());
     metadata.insert("layout".into(), "image slot k of step s holds pool image step_image_index[s, k]; sequences 0..batch/2 use slots 2b, 2b+1, the rest one slot each, in order".into());
     write_safetensors(path, &tensors, metadata)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::step_ticks;
+
+    #[test]
+    fn step_ticks_are_round() {
+        assert_eq!(step_ticks(2499.0), vec![0, 500, 1000, 1500, 2000]);
+        assert_eq!(step_ticks(2500.0), vec![0, 500, 1000, 1500, 2000, 2500]);
+        assert_eq!(step_ticks(39.0), vec![0, 10, 20, 30]);
+        assert_eq!(step_ticks(12.0), vec![0, 5, 10]);
+        assert_eq!(step_ticks(1.0), vec![0, 1]);
+    }
 }
