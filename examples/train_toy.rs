@@ -26,7 +26,7 @@ const HELP: &str = "\
 train_toy: train the tiny Flamingo-style model with WGSL kernels
 
 options:
-  --steps N             Flamingo-stage steps (default 2500)
+  --steps N             Flamingo-stage steps (default 3000)
   --pretrain-steps N    caption-text pretraining steps (default 300; cached)
   --batch N             sequences per batch, even (default 16)
   --lr F                Flamingo-stage learning rate (default 1e-3)

@@ -17,7 +17,7 @@ fn config_named(name: &str) -> Result<ToyConfig, JsError> {
         // 50 MB of pixels in wasm memory rather than 200 MB (natively,
         // setup took 5 s rather than 14 s on the CPU Vulkan driver). It
         // costs accuracy in long runs only: 94% rather than 98% held-out
-        // after the default 2500 steps.
+        // after 2500 steps.
         "demo" => Ok(ToyConfig {
             train_images: 4096,
             ..ToyConfig::default()
