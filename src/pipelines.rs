@@ -136,8 +136,8 @@ impl ClipperOptions {
 
 impl GradClipper {
     /// Prepares the bind group layouts for `device`, with the options
-    /// [`ClipperOptions::for_adapter`] picks for its adapter. Pipelines are compiled lazily by [`GradClipper::plan`], once per
-    /// kernel variant.
+    /// [`ClipperOptions::for_adapter`] picks for its adapter. Pipelines are
+    /// compiled lazily by [`GradClipper::plan`], once per kernel variant.
     ///
     /// Fails with [`Error::UnsupportedDevice`] when the device allows fewer
     /// than 3 storage buffers per shader stage or fewer than 256 invocations
