@@ -59,6 +59,18 @@ pub enum Error {
         message: String,
     },
 
+    /// The device rejects the view's buffer as invalid: its creation
+    /// failed (for example, out of memory) or it was destroyed.
+    #[error(
+        "group `{group}` view {view}: its buffer is invalid: its creation failed \
+         (for example out of memory) or it was destroyed ({message})"
+    )]
+    InvalidBuffer {
+        group: String,
+        view: usize,
+        message: String,
+    },
+
     /// Two views share bytes. Clipping an element twice would scale it by
     /// the coefficient squared, so this is refused.
     #[error(

@@ -89,13 +89,15 @@ impl GradClipper {
     ///   [`Error::InvalidEps`] for a bad `config`;
     /// - [`Error::MisalignedView`], [`Error::ViewOutOfRange`],
     ///   [`Error::MissingStorageUsage`], [`Error::ForeignBuffer`],
-    ///   [`Error::OverlappingViews`] for a bad view, naming it;
+    ///   [`Error::InvalidBuffer`], [`Error::OverlappingViews`] for a bad
+    ///   view, naming it;
     /// - [`Error::PlanTooLarge`] beyond 2^24 groups or 2^32 chunks.
     ///
     /// Zero-length views and empty groups are fine: an empty group has norm
     /// 0 and coefficient 1, and a plan with no groups records nothing.
     ///
-    /// A buffer from another device is detected through a wgpu error scope,
+    /// A buffer from another device, or one whose creation failed or that
+    /// was destroyed, is detected through a wgpu error scope,
     /// which resolves at once on native backends; in the browser it is
     /// reported by the browser's own validation instead.
     pub fn plan(&self, groups: &[ClipGroup], config: &ClipConfig) -> Result<ClipPlan> {
@@ -498,8 +500,19 @@ impl GradClipper {
                 }],
             });
             if let Some(message) = resolve_now(scope.pop()) {
+                let group = groups[g].name.clone();
+                // wgpu names both cases in its message; there is no typed
+                // way to tell them apart through its public API.
+                let lower = message.to_lowercase();
+                if lower.contains("is invalid") || lower.contains("destroyed") {
+                    return Error::InvalidBuffer {
+                        group,
+                        view: v,
+                        message,
+                    };
+                }
                 return Error::ForeignBuffer {
-                    group: groups[g].name.clone(),
+                    group,
                     view: v,
                     message,
                 };

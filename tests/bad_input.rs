@@ -171,6 +171,24 @@ fn buffer_from_another_device() {
 }
 
 #[test]
+fn destroyed_buffer() {
+    for gpu in gpus() {
+        let mine = data(&gpu, 64);
+        let gone = data(&gpu, 64);
+        gone.buffer.destroy();
+        let groups = [
+            ok_group(&mine),
+            ClipGroup::new("gone", [GradView::whole(&gone.buffer)]),
+        ];
+        let err = expect_error(&gpu, &[mine], &groups, &ClipConfig::new(1.0));
+        assert!(
+            matches!(&err, Error::InvalidBuffer { group, view: 0, .. } if group == "gone"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn bad_max_norm_norm_order_eps_and_clip_value() {
     for gpu in gpus() {
         let b = data(&gpu, 64);

@@ -1,5 +1,5 @@
 //! Reliability: random plans against the f64 reference (property tests),
-//! a long soak with no growth, concurrent plans, and device loss.
+//! concurrent plans, device loss and out-of-memory.
 
 mod common;
 
@@ -7,7 +7,9 @@ use common::Rng;
 use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use wgpu_gradclip::{ClipConfig, ClipMode, Error, GradClipper, NonFinitePolicy, Norm};
+use wgpu_gradclip::{
+    ClipConfig, ClipGroup, ClipMode, Error, GradClipper, GradView, NonFinitePolicy, Norm,
+};
 
 /// A random case: its structure is shrinkable, its values come from `seed`.
 #[derive(Clone, Debug)]
@@ -338,4 +340,98 @@ fn device_loss_is_an_error() {
         );
         assert!(again.is_err(), "planning on a destroyed device must fail");
     }
+}
+
+/// Out of memory surfaces as an error, never a panic. A gradient buffer
+/// whose allocation failed is refused by `plan` and `plan_value` with a
+/// typed error that names its group and view, and the same device and
+/// clipper then go on clipping exactly.
+///
+/// The GL llvmpipe adapter refuses a buffer of its `max_buffer_size` (2 GiB)
+/// with an out-of-memory error, so the test provokes one there. Adapters
+/// that allocate lazily (Vulkan llvmpipe) or really have the memory cannot
+/// be pushed into it safely and are passed over, but at least one adapter
+/// must take part, or the test fails.
+#[test]
+fn out_of_memory_is_an_error() {
+    let gpus = gpus_with(|adapter| {
+        let mut l = default_limits(adapter);
+        l.max_buffer_size = adapter.limits().max_buffer_size;
+        l
+    });
+    let mut provoked = Vec::new();
+    for gpu in &gpus {
+        let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let huge = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu_gradclip.test_huge"),
+            size: gpu.device.limits().max_buffer_size,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let Some(err) = pollster::block_on(oom.pop()) else {
+            eprintln!(
+                "{}: a buffer of max_buffer_size was allocated; nothing to test",
+                gpu.name
+            );
+            continue;
+        };
+        eprintln!("{}: provoked {err}", gpu.name);
+        provoked.push(gpu.name.clone());
+
+        let mut rng = Rng(29);
+        let grads = upload(gpu, (0..4096).map(|_| rng.signed(1.0).to_bits()).collect());
+        let layout = vec![(
+            "fine".to_string(),
+            vec![ViewAt {
+                buffer: 0,
+                elem: 0,
+                len: 4096,
+            }],
+        )];
+        let mut groups = groups_of(std::slice::from_ref(&grads), &layout);
+        groups.push(ClipGroup::new("huge", [GradView::new(&huge, 64, 1000)]));
+
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let clipper = GradClipper::with_options(&gpu.device, gpu.options).unwrap();
+        let refused = [
+            clipper.plan(&groups, &ClipConfig::new(1.0)).err(),
+            clipper.plan_value(&groups, 1.0).err(),
+        ];
+        for e in refused {
+            match e {
+                Some(Error::InvalidBuffer { group, view: 0, .. }) if group == "huge" => {}
+                other => panic!(
+                    "{}: expected InvalidBuffer for `huge`, got {other:?}",
+                    gpu.name
+                ),
+            }
+        }
+        assert!(
+            pollster::block_on(scope.pop()).is_none(),
+            "{}: a validation error escaped",
+            gpu.name
+        );
+        assert_eq!(download(gpu, &grads.buffer), grads.bits, "{}", gpu.name);
+
+        // The device and the clipper still work, and exactly.
+        let config = ClipConfig::new(1.0);
+        let plan = clipper
+            .plan(&groups[..1], &config)
+            .unwrap_or_else(|e| panic!("{}: {e}", gpu.name));
+        let report = pollster::block_on(plan.run(&gpu.queue)).unwrap();
+        let after = download(gpu, &grads.buffer);
+        check_clip(
+            &format!("after out-of-memory on {}", gpu.name),
+            &config,
+            &layout,
+            std::slice::from_ref(&grads.bits),
+            &[after],
+            &report,
+        );
+        assert!(report.any_clipped());
+    }
+    assert!(
+        !provoked.is_empty(),
+        "no adapter could be pushed into out-of-memory, so nothing was tested"
+    );
 }
