@@ -39,6 +39,10 @@ fn linear_forward_backward_and_epilogues_match_f64() {
     let acc_old = randn(6, m * n, 1.0);
     let y_acc = a.put(&acc_old);
     let dw = a.zeros(n * k);
+    let dw_old = randn(7, n * k, 1.0);
+    let dw_acc = a.put(&dw_old);
+    // Outputs one element past a vec4 boundary take the scalar epilogue.
+    let (y_odd, u_odd) = (a.zeros(m * n + 4) + 1, a.zeros(m * n + 4) + 1);
     let (mu, ku, nu) = (m as u32, k as u32, n as u32);
     let d = |off, w| RowMap::dense(off, w);
 
@@ -53,6 +57,10 @@ fn linear_forward_backward_and_epilogues_match_f64() {
     let mut p = LinearParams::new(mu, ku, nu, d(xo, ku), wo, d(y_gelu, nu));
     p.epi = Epilogue::Gelu as u32;
     p.aux = d(u_gelu, nu);
+    ops.push(Dispatch::linear(p));
+    let mut p = LinearParams::new(mu, ku, nu, d(xo, ku), wo, d(y_odd, nu));
+    p.epi = Epilogue::Gelu as u32;
+    p.aux = d(u_odd, nu);
     ops.push(Dispatch::linear(p));
     let mut p = LinearParams::new(mu, ku, nu, d(xo, ku), wo, d(y_res, nu));
     p.epi = Epilogue::Residual as u32;
@@ -90,6 +98,17 @@ fn linear_forward_backward_and_epilogues_match_f64() {
         accumulate: 0,
         _pad: [0; 2],
     }));
+    ops.push(Dispatch::linear_grad_weight(LinearGradWeightParams {
+        dy: d(dyo, nu),
+        x: d(xo, ku),
+        m: mu,
+        n: nu,
+        k: ku,
+        dw_off: dw_acc,
+        gate_off: go,
+        accumulate: 1,
+        _pad: [0; 2],
+    }));
     let out = g.run(&a, &[], &ops);
 
     let (x64, w64, dy64) = (to64(&x), to64(&w), to64(&dy));
@@ -110,6 +129,14 @@ fn linear_forward_backward_and_epilogues_match_f64() {
     );
     let ge: Vec<f64> = u.iter().map(|&v| gelu(v)).collect();
     assert_close("gelu", slice(&out, y_gelu, m * n), &ge, 1e-5, 1e-6);
+    assert_close("unaligned gelu", slice(&out, y_odd, m * n), &ge, 1e-5, 1e-6);
+    assert_close(
+        "unaligned gelu pre-activation",
+        slice(&out, u_odd, m * n),
+        &u,
+        1e-5,
+        1e-5,
+    );
     let yr: Vec<f64> = (0..m * n).map(|i| f64::from(res[i]) + s * u[i]).collect();
     assert_close("gated residual", slice(&out, y_res, m * n), &yr, 1e-5, 1e-5);
     assert_close(
@@ -170,6 +197,18 @@ fn linear_forward_backward_and_epilogues_match_f64() {
         "dW = tanh(g) dy^T x",
         slice(&out, dw, n * k),
         &want_dw,
+        1e-4,
+        1e-5,
+    );
+    let want_acc: Vec<f64> = want_dw
+        .iter()
+        .zip(&dw_old)
+        .map(|(w, o)| w + f64::from(*o))
+        .collect();
+    assert_close(
+        "dW accumulated",
+        slice(&out, dw_acc, n * k),
+        &want_acc,
         1e-4,
         1e-5,
     );

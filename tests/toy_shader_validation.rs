@@ -17,6 +17,36 @@ fn toy_kernels_validate_and_translate_everywhere() {
     }
 }
 
+/// Every specialisation the model can ask for translates too: the weight
+/// layouts, prologues and epilogues of `Linear` with each flag, and both
+/// modes of `LinearGradWeight`.
+#[test]
+fn toy_kernel_variants_validate_and_translate_everywhere() {
+    let linear = Kernel::Linear.source();
+    for w_t in 0..2 {
+        for pro in [0, 2] {
+            for epi in 0..4 {
+                for flags in [0, 16, 2 | 16, 4 | 16, 2 | 4 | 16, 8 | 16] {
+                    let variant = w_t | pro << 1 | epi << 3 | flags << 8;
+                    let constants = Kernel::Linear.constants(variant);
+                    assert_eq!(constants.len(), 4);
+                    check_module("linear", &linear, &["linear"], &constants);
+                }
+            }
+        }
+    }
+    let grad_weight = Kernel::LinearGradWeight.source();
+    for variant in 0..2 {
+        let constants = Kernel::LinearGradWeight.constants(variant);
+        check_module(
+            "linear_grad_weight",
+            &grad_weight,
+            &["linear_grad_weight"],
+            &constants,
+        );
+    }
+}
+
 #[test]
 fn every_toy_shader_file_is_a_registered_kernel() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/toy");

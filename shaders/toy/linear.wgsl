@@ -18,16 +18,16 @@ struct Params {
     n: u32,       // a multiple of 8
     k: u32,       // a multiple of 4
     rows: u32,    // unused
-    w_off: u32,   // W as [n, k] (w_t = 0) or [k, n] (w_t = 1)
-    w_t: u32,
-    pro: u32,
-    epi: u32,
+    w_off: u32,   // W as [n, k] (W_T = 0) or [k, n] (W_T = 1)
+    w_t: u32,     // = W_T; the overrides below are what the kernel reads
+    pro: u32,     // = PRO
+    epi: u32,     // = EPI
     gate_off: u32,  // tanh gate parameter or NONE
     gamma_off: u32, // unused
     beta_off: u32,  // unused
     stats_off: u32, // unused
     eps: f32,
-    flags: u32,
+    flags: u32,   // = FLAGS
     _pad0: u32,
     _pad1: u32,
 }
@@ -39,18 +39,30 @@ const EPI_RESIDUAL: u32 = 3u;
 const F_ADD: u32 = 2u;
 const F_ACCUM: u32 = 4u;
 const F_AUX: u32 = 8u;
+const F_VEC4: u32 = 16u;
 const LWG: u32 = 64u;
 const TILE: u32 = 8u;
+
+// The mode of a pipeline is fixed when it is built, as override constants
+// mirroring w_t, pro, epi and flags: CPU drivers execute both sides of a
+// branch they cannot prove uniform, so a switch on a uniform-buffer field
+// paid for every epilogue. Constant branches are removed at compile time.
+override W_T: u32 = 0u;
+override PRO: u32 = 0u;
+override EPI: u32 = 0u;
+override FLAGS: u32 = 0u;
 
 @group(1) @binding(0) var<uniform> p: Params;
 
 fn has(flag: u32) -> bool {
-    return (p.flags & flag) != 0u;
+    return (FLAGS & flag) != 0u;
 }
 
-fn epilogue1(r: u32, c: u32, v: f32) {
+// Column c of row r, one scalar at a time: for tensors that are not
+// vec4-aligned.
+fn epilogue1(r: u32, c: u32, v: f32, gate: f32) {
     let yix = row_at(p.y, r) + c;
-    switch p.epi {
+    switch EPI {
         case EPI_GELU: {
             st(row_at(p.aux, r) + c, v);
             st(yix, gelu(v));
@@ -62,7 +74,7 @@ fn epilogue1(r: u32, c: u32, v: f32) {
             if has(F_AUX) {
                 st(row_at(p.aux, r) + c, v);
             }
-            st(yix, ld(row_at(p.res, r) + c) + gate_scale(p.gate_off) * v);
+            st(yix, ld(row_at(p.res, r) + c) + gate * v);
         }
         default: {
             var out = v;
@@ -77,14 +89,54 @@ fn epilogue1(r: u32, c: u32, v: f32) {
     }
 }
 
+// Columns c..c+3 of row r, as one vec4 per tensor: the fast path, taken
+// when every output-side tensor is vec4-aligned (F_VEC4). Scalar stores
+// into the vec4 arena cost a load and a store of the whole vec4 each on
+// CPU drivers, which made the scalar epilogue most of the kernel's time.
+fn epilogue4(r: u32, c: u32, v: vec4<f32>, gate: f32) {
+    let yix = (row_at(p.y, r) + c) / 4u;
+    switch EPI {
+        case EPI_GELU: {
+            st4((row_at(p.aux, r) + c) / 4u, v);
+            st4(yix, vec4<f32>(gelu(v.x), gelu(v.y), gelu(v.z), gelu(v.w)));
+        }
+        case EPI_GELU_BWD: {
+            let u = ld4((row_at(p.aux, r) + c) / 4u);
+            st4(yix, v * vec4<f32>(gelu_grad(u.x), gelu_grad(u.y), gelu_grad(u.z),
+                gelu_grad(u.w)));
+        }
+        case EPI_RESIDUAL: {
+            if has(F_AUX) {
+                st4((row_at(p.aux, r) + c) / 4u, v);
+            }
+            st4(yix, ld4((row_at(p.res, r) + c) / 4u) + gate * v);
+        }
+        default: {
+            var out = v;
+            if has(F_ADD) {
+                out += ld4((row_at(p.add, r) + c) / 4u);
+            }
+            if has(F_ACCUM) {
+                out += ld4(yix);
+            }
+            st4(yix, out);
+        }
+    }
+}
+
 // Row r, columns c0..c0+7 of the output.
-fn epilogue(r: u32, c0: u32, lo: vec4<f32>, hi: vec4<f32>) {
+fn epilogue(r: u32, c0: u32, lo: vec4<f32>, hi: vec4<f32>, gate: f32) {
     if r >= p.m {
         return;
     }
+    if has(F_VEC4) {
+        epilogue4(r, c0, lo, gate);
+        epilogue4(r, c0 + 4u, hi, gate);
+        return;
+    }
     for (var j = 0u; j < 4u; j++) {
-        epilogue1(r, c0 + j, lo[j]);
-        epilogue1(r, c0 + 4u + j, hi[j]);
+        epilogue1(r, c0 + j, lo[j], gate);
+        epilogue1(r, c0 + 4u + j, hi[j], gate);
     }
 }
 
@@ -123,7 +175,7 @@ fn linear(@builtin(global_invocation_id) gid: vec3<u32>) {
     var a7l = vec4<f32>(0.0);
     var a7h = vec4<f32>(0.0);
     let k4 = p.k / 4u;
-    if p.w_t == 0u {
+    if W_T == 0u {
         // Columns of wl/wh are weight rows col0..col0+7, four k at a time.
         let wb = (p.w_off + col0 * p.k) / 4u;
         for (var kk = 0u; kk < k4; kk++) {
@@ -192,15 +244,19 @@ fn linear(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
     var s = 1.0;
-    if p.pro == PRO_GATE {
+    if PRO == PRO_GATE {
         s = gate_scale(p.gate_off);
     }
-    epilogue(row0 + 0u, col0, a0l * s, a0h * s);
-    epilogue(row0 + 1u, col0, a1l * s, a1h * s);
-    epilogue(row0 + 2u, col0, a2l * s, a2h * s);
-    epilogue(row0 + 3u, col0, a3l * s, a3h * s);
-    epilogue(row0 + 4u, col0, a4l * s, a4h * s);
-    epilogue(row0 + 5u, col0, a5l * s, a5h * s);
-    epilogue(row0 + 6u, col0, a6l * s, a6h * s);
-    epilogue(row0 + 7u, col0, a7l * s, a7h * s);
+    var gate = 1.0;
+    if EPI == EPI_RESIDUAL {
+        gate = gate_scale(p.gate_off);
+    }
+    epilogue(row0 + 0u, col0, a0l * s, a0h * s, gate);
+    epilogue(row0 + 1u, col0, a1l * s, a1h * s, gate);
+    epilogue(row0 + 2u, col0, a2l * s, a2h * s, gate);
+    epilogue(row0 + 3u, col0, a3l * s, a3h * s, gate);
+    epilogue(row0 + 4u, col0, a4l * s, a4h * s, gate);
+    epilogue(row0 + 5u, col0, a5l * s, a5h * s, gate);
+    epilogue(row0 + 6u, col0, a6l * s, a6h * s, gate);
+    epilogue(row0 + 7u, col0, a7l * s, a7h * s, gate);
 }

@@ -10,29 +10,32 @@ struct Params {
     m: u32,
     n: u32,       // a multiple of 8
     k: u32,       // a multiple of 8
-    dw_off: u32,  // [n, k]
+    dw_off: u32,  // [n, k], 4-aligned
     gate_off: u32, // NONE or the gate parameter
-    accumulate: u32,
+    accumulate: u32, // = ACCUMULATE
     _pad0: u32,
     _pad1: u32,
 }
 
 const LWG: u32 = 16u;
 
+// = accumulate, fixed when the pipeline is built: CPU drivers run both
+// sides of a branch on a uniform-buffer value.
+override ACCUMULATE: u32 = 0u;
+
 @group(1) @binding(0) var<uniform> p: Params;
 
+// dw_off is 4-aligned and k, k0 multiples of 8: two whole vec4s per row.
 fn store_row(n: u32, k0: u32, lo: vec4<f32>, hi: vec4<f32>) {
-    let base = p.dw_off + n * p.k + k0;
-    for (var j = 0u; j < 4u; j++) {
-        var vl = lo[j];
-        var vh = hi[j];
-        if p.accumulate != 0u {
-            vl += ld(base + j);
-            vh += ld(base + 4u + j);
-        }
-        st(base + j, vl);
-        st(base + 4u + j, vh);
+    let base = (p.dw_off + n * p.k + k0) / 4u;
+    var vl = lo;
+    var vh = hi;
+    if ACCUMULATE != 0u {
+        vl += ld4(base);
+        vh += ld4(base + 1u);
     }
+    st4(base, vl);
+    st4(base + 1u, vh);
 }
 
 @compute @workgroup_size(LWG)

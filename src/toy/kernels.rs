@@ -9,6 +9,7 @@
 //! recording a step allocates nothing and builds no bind group.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
@@ -146,6 +147,25 @@ impl Kernel {
     }
 
     /// The full WGSL module: the shared prelude, then the kernel's file.
+    /// The WGSL override constants of pipeline `variant` (see
+    /// [`Dispatch::variant`]). `Linear` is specialised on its weight layout,
+    /// prologue, epilogue and flags, `LinearGradWeight` on whether it
+    /// accumulates: CPU drivers run both sides of every branch under a
+    /// mask, so a kernel that chose its mode at run time paid for all of
+    /// them.
+    pub fn constants(self, variant: u32) -> Vec<(&'static str, f64)> {
+        match self {
+            Kernel::Linear => vec![
+                ("W_T", f64::from(variant & 1)),
+                ("PRO", f64::from(variant >> 1 & 3)),
+                ("EPI", f64::from(variant >> 3 & 3)),
+                ("FLAGS", f64::from(variant >> 8 & 0xff)),
+            ],
+            Kernel::LinearGradWeight => vec![("ACCUMULATE", f64::from(variant & 1))],
+            _ => Vec::new(),
+        }
+    }
+
     pub fn source(self) -> String {
         format!("{COMMON}\n{}", self.body())
     }
@@ -237,6 +257,11 @@ pub enum Epilogue {
     /// `aux = acc` with [`linear_flags::AUX`].
     Residual = 3,
 }
+
+/// Flag bit `F_VEC4` of `linear.wgsl`, set by [`Dispatch::linear`] when
+/// every output-side tensor is vec4-aligned, so that the epilogue moves
+/// whole vec4s.
+const LINEAR_VEC4_OUT: u32 = 16;
 
 /// Bits of [`LinearParams::flags`].
 pub mod linear_flags {
@@ -604,6 +629,9 @@ pub struct Dispatch {
     pub params: Vec<u8>,
     /// Workgroups in x and y.
     pub grid: [u32; 2],
+    /// Which specialisation of the kernel's pipeline runs it (see
+    /// [`Kernel::constants`]); 0 for kernels that have one pipeline.
+    pub variant: u32,
 }
 
 /// A grid of `wgs` workgroups that stays under WebGPU's 65535 per dimension;
@@ -623,6 +651,7 @@ impl Dispatch {
             kernel,
             params: bytemuck::bytes_of(params).to_vec(),
             grid,
+            variant: 0,
         }
     }
 
@@ -634,11 +663,17 @@ impl Dispatch {
         );
         debug_assert!(p.w_off.is_multiple_of(4));
         let tiles = p.m.div_ceil(LINEAR_TILE) * (p.n / LINEAR_TILE);
-        Self::new(
+        let mut flags = p.flags;
+        if [p.y, p.aux, p.res, p.add].iter().all(RowMap::vec4_aligned) {
+            flags |= LINEAR_VEC4_OUT;
+        }
+        let mut d = Self::new(
             Kernel::Linear,
             &p,
             [tiles.div_ceil(LINEAR_WORKGROUP_SIZE).max(1), 1],
-        )
+        );
+        d.variant = (p.w_t & 1) | (p.pro & 3) << 1 | (p.epi & 3) << 3 | (flags & 0xff) << 8;
+        d
     }
 
     /// A [`Kernel::LayerNormBackward`] launch.
@@ -650,13 +685,15 @@ impl Dispatch {
     /// of 8, and `dy` and `x` rows 4-aligned.
     pub fn linear_grad_weight(p: LinearGradWeightParams) -> Self {
         debug_assert!(p.n.is_multiple_of(LINEAR_TILE) && p.k.is_multiple_of(LINEAR_TILE));
-        debug_assert!(p.dy.vec4_aligned() && p.x.vec4_aligned());
+        debug_assert!(p.dy.vec4_aligned() && p.x.vec4_aligned() && p.dw_off.is_multiple_of(4));
         let tiles = (p.n / LINEAR_TILE) * (p.k / LINEAR_TILE);
-        Self::new(
+        let mut d = Self::new(
             Kernel::LinearGradWeight,
             &p,
             [tiles.div_ceil(GRAD_WEIGHT_WORKGROUP_SIZE).max(1), 1],
-        )
+        );
+        d.variant = u32::from(p.accumulate != 0);
+        d
     }
 
     /// A [`Kernel::LayerNorm`] launch.
@@ -729,7 +766,11 @@ pub struct Kernels {
     device: wgpu::Device,
     storage_layout: wgpu::BindGroupLayout,
     params_layout: wgpu::BindGroupLayout,
-    pipelines: HashMap<Kernel, wgpu::ComputePipeline>,
+    layout: wgpu::PipelineLayout,
+    modules: HashMap<Kernel, wgpu::ShaderModule>,
+    /// Pipelines by kernel and variant; variants other than 0 are built on
+    /// first use by [`Program::new`].
+    pipelines: Mutex<HashMap<(Kernel, u32), wgpu::ComputePipeline>>,
 }
 
 impl Kernels {
@@ -780,33 +821,52 @@ impl Kernels {
         });
 
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut pipelines = HashMap::new();
+        let mut modules = HashMap::new();
         for kernel in Kernel::ALL {
             let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.name()),
                 source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
             };
-            let module = device.create_shader_module(desc);
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(kernel.name()),
-                layout: Some(&layout),
-                module: &module,
-                entry_point: Some(kernel.name()),
-                compilation_options: Default::default(),
-                cache: None,
-            });
-            log::debug!("wgpu_gradclip.toy: built pipeline {}", kernel.name());
-            pipelines.insert(kernel, pipeline);
+            modules.insert(kernel, device.create_shader_module(desc));
+        }
+        let kernels = Self {
+            device: device.clone(),
+            storage_layout,
+            params_layout,
+            layout,
+            modules,
+            pipelines: Mutex::new(HashMap::new()),
+        };
+        for kernel in Kernel::ALL {
+            kernels.pipeline(kernel, 0);
         }
         if let Some(err) = scope.pop().await {
             return Err(ToyError::Device(err.to_string()));
         }
-        Ok(Self {
-            device: device.clone(),
-            storage_layout,
-            params_layout,
-            pipelines,
-        })
+        Ok(kernels)
+    }
+
+    /// The pipeline of `kernel` specialised as `variant`, built on first use.
+    fn pipeline(&self, kernel: Kernel, variant: u32) -> wgpu::ComputePipeline {
+        let mut pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        pipelines
+            .entry((kernel, variant))
+            .or_insert_with(|| {
+                let constants = kernel.constants(variant);
+                self.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(kernel.name()),
+                        layout: Some(&self.layout),
+                        module: &self.modules[&kernel],
+                        entry_point: Some(kernel.name()),
+                        compilation_options: wgpu::PipelineCompilationOptions {
+                            constants: &constants,
+                            ..Default::default()
+                        },
+                        cache: None,
+                    })
+            })
+            .clone()
     }
 
     /// The device the kernels were built for.
@@ -878,7 +938,7 @@ impl Memory {
 /// A fixed list of dispatches with their uniform blocks uploaded once.
 #[derive(Debug)]
 pub struct Program {
-    dispatches: Vec<(Kernel, [u32; 2])>,
+    dispatches: Vec<(wgpu::ComputePipeline, [u32; 2])>,
     params_bind_group: wgpu::BindGroup,
 }
 
@@ -912,7 +972,10 @@ impl Program {
                 }],
             });
         Self {
-            dispatches: dispatches.iter().map(|d| (d.kernel, d.grid)).collect(),
+            dispatches: dispatches
+                .iter()
+                .map(|d| (kernels.pipeline(d.kernel, d.variant), d.grid))
+                .collect(),
             params_bind_group,
         }
     }
@@ -928,7 +991,7 @@ impl Program {
     }
 
     /// Records every dispatch, in order, into one compute pass of `encoder`.
-    pub fn record(&self, kernels: &Kernels, memory: &Memory, encoder: &mut wgpu::CommandEncoder) {
+    pub fn record(&self, memory: &Memory, encoder: &mut wgpu::CommandEncoder) {
         if self.dispatches.is_empty() {
             return;
         }
@@ -937,8 +1000,8 @@ impl Program {
             timestamp_writes: None,
         });
         pass.set_bind_group(0, &memory.bind_group, &[]);
-        for (i, (kernel, grid)) in self.dispatches.iter().enumerate() {
-            pass.set_pipeline(&kernels.pipelines[kernel]);
+        for (i, (pipeline, grid)) in self.dispatches.iter().enumerate() {
+            pass.set_pipeline(pipeline);
             pass.set_bind_group(
                 1,
                 &self.params_bind_group,

@@ -192,7 +192,7 @@ impl Trainer {
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("wgpu_gradclip.toy.vision"),
             });
-            Program::new(&kernels, ops).record(&kernels, &memory, &mut encoder);
+            Program::new(&kernels, ops).record(&memory, &mut encoder);
             queue.submit([encoder.finish()]);
         }
 
@@ -347,9 +347,9 @@ impl Trainer {
         self.write_batch(&batch, lr, step + 1);
         let mut encoder = self.encoder("wgpu_gradclip.toy.pretrain_step");
         let p = &self.text;
-        p.forward.record(&self.kernels, &self.memory, &mut encoder);
-        p.backward.record(&self.kernels, &self.memory, &mut encoder);
-        p.update.record(&self.kernels, &self.memory, &mut encoder);
+        p.forward.record(&self.memory, &mut encoder);
+        p.backward.record(&self.memory, &mut encoder);
+        p.update.record(&self.memory, &mut encoder);
         self.copy_out(&mut encoder, p.graphs.loss_rows, self.model.dims.m);
         self.queue.submit([encoder.finish()]);
         let rows = self.read(self.model.dims.m).await?;
@@ -371,11 +371,11 @@ impl Trainer {
         self.write_batch(&batch, lr, step + 1);
         let mut encoder = self.encoder("wgpu_gradclip.toy.step");
         let p = &self.flamingo;
-        p.forward.record(&self.kernels, &self.memory, &mut encoder);
-        p.backward.record(&self.kernels, &self.memory, &mut encoder);
+        p.forward.record(&self.memory, &mut encoder);
+        p.backward.record(&self.memory, &mut encoder);
         self.plan.record(&mut encoder);
         self.plan.record_report(&mut encoder)?;
-        p.update.record(&self.kernels, &self.memory, &mut encoder);
+        p.update.record(&self.memory, &mut encoder);
         self.copy_out(&mut encoder, p.graphs.loss_rows, self.model.dims.m);
         self.queue.submit([encoder.finish()]);
         let report = self.plan.read_report().await?;
@@ -502,9 +502,7 @@ impl Trainer {
                 );
                 self.write_batch(&batch, 0.0, 1);
                 let mut encoder = self.encoder("wgpu_gradclip.toy.decode");
-                self.flamingo
-                    .forward
-                    .record(&self.kernels, &self.memory, &mut encoder);
+                self.flamingo.forward.record(&self.memory, &mut encoder);
                 self.copy_out(&mut encoder, self.flamingo.graphs.logits, d.m * d.v);
                 self.queue.submit([encoder.finish()]);
                 let logits = self.read(d.m * d.v).await?;
@@ -734,12 +732,8 @@ impl Trainer {
         let batch = self.training_batch(Stage::Flamingo, step);
         self.write_batch(&batch, 0.0, 1);
         let mut encoder = self.encoder("wgpu_gradclip.toy.loss_and_grads");
-        self.flamingo
-            .forward
-            .record(&self.kernels, &self.memory, &mut encoder);
-        self.flamingo
-            .backward
-            .record(&self.kernels, &self.memory, &mut encoder);
+        self.flamingo.forward.record(&self.memory, &mut encoder);
+        self.flamingo.backward.record(&self.memory, &mut encoder);
         self.copy_out(
             &mut encoder,
             self.flamingo.graphs.loss_rows,
@@ -766,7 +760,7 @@ impl Trainer {
             let t = std::time::Instant::now();
             for _ in 0..reps {
                 let mut encoder = self.encoder("wgpu_gradclip.toy.profile");
-                prog.record(&self.kernels, &self.memory, &mut encoder);
+                prog.record(&self.memory, &mut encoder);
                 self.queue.submit([encoder.finish()]);
                 self.device
                     .poll(wgpu::PollType::wait_indefinitely())

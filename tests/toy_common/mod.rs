@@ -80,7 +80,7 @@ impl Gpu {
             mapped_at_creation: false,
         });
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        program.record(&self.kernels, &memory, &mut encoder);
+        program.record(&memory, &mut encoder);
         encoder.copy_buffer_to_buffer(&memory.mem, 0, &staging, 0, size);
         self.queue.submit([encoder.finish()]);
         let slice = staging.slice(..);
