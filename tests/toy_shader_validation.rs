@@ -18,8 +18,8 @@ fn toy_kernels_validate_and_translate_everywhere() {
 }
 
 /// Every specialisation the model can ask for translates too: the weight
-/// layouts, prologues and epilogues of `Linear` with each flag, and both
-/// modes of `LinearGradWeight`.
+/// layouts, prologues and epilogues of `Linear` with each flag, both modes
+/// of `LinearGradWeight`, and each mask of the attention kernels.
 #[test]
 fn toy_kernel_variants_validate_and_translate_everywhere() {
     let linear = Kernel::Linear.source();
@@ -44,6 +44,17 @@ fn toy_kernel_variants_validate_and_translate_everywhere() {
             &["linear_grad_weight"],
             &constants,
         );
+    }
+    for kernel in [Kernel::Attention, Kernel::AttentionBackward] {
+        let source = kernel.source();
+        for mask in 0..3 {
+            check_module(
+                kernel.name(),
+                &source,
+                &[kernel.name()],
+                &kernel.constants(mask),
+            );
+        }
     }
 }
 

@@ -21,7 +21,7 @@ struct Params {
     tk: u32,
     dh: u32,
     heads: u32,
-    mode: u32,
+    mode: u32,    // = MODE
     scale: f32,
     len_off: u32,  // ints: [b] sequence lengths (causal mode)
     time_off: u32, // ints: [b, tq] text_time (media mode)
@@ -37,6 +37,11 @@ const MODE_MEDIA: u32 = 2u;
 const MAX_T: u32 = 32u;
 const MAX_DH: u32 = 16u;
 const AWG: u32 = 64u;
+
+// = mode, fixed when the pipeline is built: CPU drivers run both sides of
+// a branch on a uniform-buffer value, so every mask used to cost as much
+// as all three.
+override MODE: u32 = 0u;
 
 @group(1) @binding(0) var<uniform> p: Params;
 
@@ -57,7 +62,7 @@ fn dot16(a: mat4x4<f32>, b: mat4x4<f32>) -> f32 {
 // Element offset of key/value row j of sequence b (NONE when the media
 // slot is empty).
 fn key_row(off: u32, rs: u32, b: u32, j: u32) -> u32 {
-    if p.mode == MODE_MEDIA {
+    if MODE == MODE_MEDIA {
         let slot = ints[p.slot_off + b * p.media + j / p.latents];
         if slot == NONE {
             return NONE;
@@ -68,7 +73,7 @@ fn key_row(off: u32, rs: u32, b: u32, j: u32) -> u32 {
 }
 
 fn allowed(b: u32, t: u32, j: u32) -> bool {
-    switch p.mode {
+    switch MODE {
         case MODE_CAUSAL: {
             return j <= t && j < ints[p.len_off + b];
         }
@@ -97,7 +102,7 @@ fn attention(@builtin(global_invocation_id) gid: vec3<u32>) {
     let o_ix = p.o_off + (b * p.tq + t) * p.o_rs + hc;
     // A text token before any image sees nothing: OpenFlamingo zeroes it.
     var live = true;
-    if p.mode == MODE_MEDIA {
+    if MODE == MODE_MEDIA {
         live = ints[p.time_off + b * p.tq + t] != 0u;
     }
     var mx = F32_LOWEST;
@@ -130,7 +135,8 @@ fn attention(@builtin(global_invocation_id) gid: vec3<u32>) {
         st(p_base + j, pr);
     }
     o = o * inv;
-    for (var d = 0u; d < p.dh; d++) {
-        st(o_ix + d, o[d / 4u][d % 4u]);
+    // dh and the offsets are multiples of 4: whole vec4s.
+    for (var i = 0u; i < p.dh / 4u; i++) {
+        st4(o_ix / 4u + i, o[i]);
     }
 }

@@ -21,7 +21,7 @@ struct Params {
     tk: u32,
     dh: u32,
     heads: u32,
-    mode: u32,
+    mode: u32,    // = MODE
     scale: f32,
     slot_off: u32, // ints: [b, media] image slots (media mode)
     media: u32,
@@ -36,6 +36,11 @@ struct Params {
 
 const MODE_MEDIA: u32 = 2u;
 const AWG: u32 = 64u;
+
+// = mode, fixed when the pipeline is built: CPU drivers run both sides of
+// a branch on a uniform-buffer value, so every mask used to cost as much
+// as all three.
+override MODE: u32 = 0u;
 
 @group(1) @binding(0) var<uniform> p: Params;
 
@@ -53,16 +58,17 @@ fn dot16(a: mat4x4<f32>, b: mat4x4<f32>) -> f32 {
     return dot(a[0], b[0]) + dot(a[1], b[1]) + dot(a[2], b[2]) + dot(a[3], b[3]);
 }
 
+// The first dh floats of v to a head row; dh and `off` are multiples of 4.
 fn store_row(off: u32, v: mat4x4<f32>) {
-    for (var d = 0u; d < p.dh; d++) {
-        st(off + d, v[d / 4u][d % 4u]);
+    for (var i = 0u; i < p.dh / 4u; i++) {
+        st4(off / 4u + i, v[i]);
     }
 }
 
 // Row offset (times its stride, without the tensor offset) of key j of
 // sequence b, or NONE for an empty media slot.
 fn key_row(rs: u32, b: u32, j: u32) -> u32 {
-    if p.mode == MODE_MEDIA {
+    if MODE == MODE_MEDIA {
         let slot = ints[p.slot_off + b * p.media + j / p.latents];
         if slot == NONE {
             return NONE;

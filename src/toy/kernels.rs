@@ -150,7 +150,7 @@ impl Kernel {
     /// The WGSL override constants of pipeline `variant` (see
     /// [`Dispatch::variant`]). `Linear` is specialised on its weight layout,
     /// prologue, epilogue and flags, `LinearGradWeight` on whether it
-    /// accumulates: CPU drivers run both sides of every branch under a
+    /// accumulates, and the attention kernels on their mask: CPU drivers run both sides of every branch under a
     /// mask, so a kernel that chose its mode at run time paid for all of
     /// them.
     pub fn constants(self, variant: u32) -> Vec<(&'static str, f64)> {
@@ -162,6 +162,7 @@ impl Kernel {
                 ("FLAGS", f64::from(variant >> 8 & 0xff)),
             ],
             Kernel::LinearGradWeight => vec![("ACCUMULATE", f64::from(variant & 1))],
+            Kernel::Attention | Kernel::AttentionBackward => vec![("MODE", f64::from(variant))],
             _ => Vec::new(),
         }
     }
@@ -709,13 +710,17 @@ impl Dispatch {
     /// A [`Kernel::Attention`] launch over `batch` sequences.
     pub fn attention(p: AttentionParams, batch: u32) -> Self {
         let x = (p.heads * p.tq).div_ceil(ATTENTION_WORKGROUP_SIZE);
-        Self::new(Kernel::Attention, &p, [x.max(1), batch])
+        let mut d = Self::new(Kernel::Attention, &p, [x.max(1), batch]);
+        d.variant = p.mode;
+        d
     }
 
     /// A [`Kernel::AttentionBackward`] launch over `batch` sequences.
     pub fn attention_backward(p: AttentionBackwardParams, batch: u32) -> Self {
         let x = (p.heads * (p.tq + p.tk)).div_ceil(ATTENTION_WORKGROUP_SIZE);
-        Self::new(Kernel::AttentionBackward, &p, [x.max(1), batch])
+        let mut d = Self::new(Kernel::AttentionBackward, &p, [x.max(1), batch]);
+        d.variant = p.mode;
+        d
     }
 
     /// A [`Kernel::Embedding`] launch.

@@ -1739,11 +1739,14 @@ pub struct AdamHyper {
 /// Checks the sizes the kernels can handle.
 pub(crate) fn check_dims(config: &ToyConfig) -> Result<(), ToyError> {
     let bad = |msg: String| Err(ToyError::Config(msg));
+    let head_dim = config.d_model / config.heads.max(1);
     if !config.d_model.is_multiple_of(config.heads.max(1))
-        || config.d_model / config.heads.max(1) > MAX_HEAD_DIM
+        || head_dim > MAX_HEAD_DIM
+        || !head_dim.is_multiple_of(4)
     {
         return bad(format!(
-            "d_model / heads must divide evenly and be at most {MAX_HEAD_DIM}"
+            "d_model / heads must divide evenly, be a multiple of 4 and be at most \
+             {MAX_HEAD_DIM}"
         ));
     }
     if !config.d_model.is_multiple_of(16) || config.d_model > 256 {
