@@ -4,8 +4,9 @@
 // vectors and 8 weight vectors and does 256 multiply-adds, because memory
 // loads, not arithmetic, bound CPU drivers (no private arrays either: they
 // would live in memory, and no workgroup barrier: with one, the same
-// product ran several times slower on the CPU Vulkan driver). Epilogues fuse GELU, its
-// derivative, a (tanh-gated) residual add, or adding a second tensor.
+// product ran several times slower on the CPU Vulkan driver). Epilogues
+// fuse GELU, its derivative, a (tanh-gated) residual add, or adding a
+// second tensor; which one is fixed per pipeline (see the overrides).
 
 struct Params {
     x: RowMap,    // [m, k]  input rows

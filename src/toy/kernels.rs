@@ -146,13 +146,12 @@ impl Kernel {
         }
     }
 
-    /// The full WGSL module: the shared prelude, then the kernel's file.
     /// The WGSL override constants of pipeline `variant` (see
     /// [`Dispatch::variant`]). `Linear` is specialised on its weight layout,
     /// prologue, epilogue and flags, `LinearGradWeight` on whether it
-    /// accumulates, and the attention kernels on their mask: CPU drivers run both sides of every branch under a
-    /// mask, so a kernel that chose its mode at run time paid for all of
-    /// them.
+    /// accumulates, and the attention kernels on their mask: CPU drivers
+    /// run both sides of every branch under a mask, so a kernel that chose
+    /// its mode at run time paid for all of them.
     pub fn constants(self, variant: u32) -> Vec<(&'static str, f64)> {
         match self {
             Kernel::Linear => vec![
@@ -167,6 +166,7 @@ impl Kernel {
         }
     }
 
+    /// The full WGSL module: the shared prelude, then the kernel's file.
     pub fn source(self) -> String {
         format!("{COMMON}\n{}", self.body())
     }
@@ -739,8 +739,20 @@ impl Dispatch {
     }
 
     /// A [`Kernel::AdamW`] launch.
+    /// All offsets and `decay_from` must be multiples of 4; `n` is rounded
+    /// up to one, so the run's padding must lie inside the arena.
     pub fn adamw(p: AdamWParams) -> Self {
-        Self::new(Kernel::AdamW, &p, grid_1d(p.n))
+        debug_assert!(
+            [p.p_off, p.g_off, p.m_off, p.v_off, p.decay_from]
+                .iter()
+                .all(|o| o.is_multiple_of(4)),
+            "{p:?}"
+        );
+        let p = AdamWParams {
+            n: p.n.next_multiple_of(4),
+            ..p
+        };
+        Self::new(Kernel::AdamW, &p, grid_1d(p.n / 4))
     }
 
     /// A [`Kernel::GateBackward`] launch.
