@@ -104,6 +104,9 @@ struct Eval {
 pub struct Trainer {
     device: wgpu::Device,
     queue: wgpu::Queue,
+    /// Programs hold their own pipelines; this builds new ones for
+    /// [`Trainer::profile`], which is native only.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     kernels: Kernels,
     memory: Memory,
     model: Model,
