@@ -64,25 +64,35 @@ fn main() {
             trainer.clip_dispatches()
         );
         if profile {
-            let mut by_kernel: BTreeMap<String, (f64, u32)> = BTreeMap::new();
+            let mut by_kernel: BTreeMap<String, (f64, u32, u64)> = BTreeMap::new();
             let timings = trainer.profile(3).await?;
-            let all: f64 = timings.iter().map(|(_, s)| s).sum();
+            let all: f64 = timings.iter().map(|t| t.seconds).sum();
             let clip: f64 = timings
                 .iter()
-                .filter(|(name, _)| name.starts_with("Clip"))
-                .map(|(_, s)| s)
+                .filter(|t| t.name.starts_with("Clip"))
+                .map(|t| t.seconds)
                 .sum();
-            for (name, secs) in timings {
-                let kernel = name.split(' ').next().unwrap_or("?").to_string();
+            for t in timings {
+                let kernel = t.name.split(' ').next().unwrap_or("?").to_string();
                 let e = by_kernel.entry(kernel).or_default();
-                e.0 += secs;
+                e.0 += t.seconds;
                 e.1 += 1;
+                e.2 += t.multiply_adds;
             }
             let mut rows: Vec<_> = by_kernel.into_iter().collect();
             rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
             println!("per-kernel time of one Flamingo step, each dispatch submitted alone:");
-            for (k, (secs, n)) in rows {
-                println!("  {k:<22} {n:>3} submissions {:>8.2} ms", secs * 1e3);
+            for (k, (secs, n, macs)) in rows {
+                let work = if macs > 0 {
+                    format!(
+                        "  {:>6.1} M multiply-adds, {:>5.2} GFLOP/s",
+                        macs as f64 / 1e6,
+                        2.0 * macs as f64 / secs / 1e9
+                    )
+                } else {
+                    String::new()
+                };
+                println!("  {k:<22} {n:>3} submissions {:>8.2} ms{work}", secs * 1e3);
             }
             println!(
                 "clipping: {:.2} ms of {:.2} ms for forward, backward and clip, each submitted alone: {:.1}%",

@@ -656,6 +656,29 @@ impl Dispatch {
         }
     }
 
+    /// The multiply-adds of a matrix product (`m * n * k` of a
+    /// [`Kernel::Linear`] or [`Kernel::LinearGradWeight`]); 0 for other
+    /// kernels, or for a uniform block of the wrong size. Benchmarks use it
+    /// to relate a step's time to its work.
+    pub fn multiply_adds(&self) -> u64 {
+        let (m, n, k) = match self.kernel {
+            Kernel::Linear => {
+                match bytemuck::try_pod_read_unaligned::<LinearParams>(&self.params) {
+                    Ok(p) => (p.m, p.n, p.k),
+                    Err(_) => return 0,
+                }
+            }
+            Kernel::LinearGradWeight => {
+                match bytemuck::try_pod_read_unaligned::<LinearGradWeightParams>(&self.params) {
+                    Ok(p) => (p.m, p.n, p.k),
+                    Err(_) => return 0,
+                }
+            }
+            _ => return 0,
+        };
+        u64::from(m) * u64::from(n) * u64::from(k)
+    }
+
     /// A [`Kernel::Linear`] launch. `n` must be a multiple of 8, `k` of 4,
     /// and `x` rows and `w_off` 4-aligned.
     pub fn linear(p: LinearParams) -> Self {
@@ -1026,5 +1049,36 @@ impl Program {
             );
             pass.dispatch_workgroups(grid[0], grid[1], 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiply_adds_of_the_matrix_products() {
+        let lin = Dispatch::linear(LinearParams::new(
+            24,
+            64,
+            256,
+            RowMap::dense(0, 64),
+            4096,
+            RowMap::dense(65536, 256),
+        ));
+        assert_eq!(lin.multiply_adds(), 24 * 256 * 64);
+        let mut gw: LinearGradWeightParams = bytemuck::Zeroable::zeroed();
+        gw.m = 384;
+        gw.n = 64;
+        gw.k = 256;
+        gw.dy = RowMap::dense(0, 64);
+        gw.x = RowMap::dense(0, 256);
+        assert_eq!(
+            Dispatch::linear_grad_weight(gw).multiply_adds(),
+            384 * 64 * 256
+        );
+        let mut broken = lin.clone();
+        broken.params.pop();
+        assert_eq!(broken.multiply_adds(), 0);
     }
 }

@@ -40,7 +40,7 @@ mod train;
 
 pub use kernels::linear_flags;
 pub use model::{Model, ParamInfo, Stage};
-pub use train::{ClipChoice, EvalResult, Sample, StepStats, Trainer};
+pub use train::{ClipChoice, EvalResult, Sample, StepStats, Timing, Trainer};
 
 /// Errors of the toy model. Library code returns these instead of panicking.
 #[derive(Debug, thiserror::Error)]

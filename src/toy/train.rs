@@ -748,12 +748,23 @@ impl Trainer {
     }
 }
 
+/// One entry of [`Trainer::profile`].
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// The kernel and its grid, or `Clip` and its dispatch count.
+    pub name: String,
+    /// Mean seconds per submission.
+    pub seconds: f64,
+    /// Multiply-adds of a matrix product, else 0.
+    pub multiply_adds: u64,
+}
+
 impl Trainer {
     /// Times every dispatch of a Flamingo step on its own (submit and wait
     /// each), to find slow kernels, and last the clip as one submission
     /// (named `Clip`). Native only.
     #[cfg(not(target_arch = "wasm32"))]
-    pub async fn profile(&self, reps: u32) -> Result<Vec<(String, f64)>, ToyError> {
+    pub async fn profile(&self, reps: u32) -> Result<Vec<Timing>, ToyError> {
         let batch = self.training_batch(Stage::Flamingo, 0);
         self.write_batch(&batch, 0.0, 1);
         let g = &self.flamingo.graphs;
@@ -769,10 +780,11 @@ impl Trainer {
                     .poll(wgpu::PollType::wait_indefinitely())
                     .map_err(|e| ToyError::Readback(e.to_string()))?;
             }
-            out.push((
-                format!("{:?} {:?}", d.kernel, d.grid),
-                t.elapsed().as_secs_f64() / f64::from(reps),
-            ));
+            out.push(Timing {
+                name: format!("{:?} {:?}", d.kernel, d.grid),
+                seconds: t.elapsed().as_secs_f64() / f64::from(reps),
+                multiply_adds: d.multiply_adds(),
+            });
         }
         // The clip as the step records it: norms, coefficients, scale.
         let t = std::time::Instant::now();
@@ -784,10 +796,11 @@ impl Trainer {
                 .poll(wgpu::PollType::wait_indefinitely())
                 .map_err(|e| ToyError::Readback(e.to_string()))?;
         }
-        out.push((
-            format!("Clip {} dispatches", self.plan.dispatch_count()),
-            t.elapsed().as_secs_f64() / f64::from(reps),
-        ));
+        out.push(Timing {
+            name: format!("Clip {} dispatches", self.plan.dispatch_count()),
+            seconds: t.elapsed().as_secs_f64() / f64::from(reps),
+            multiply_adds: 0,
+        });
         Ok(out)
     }
 }
