@@ -12,10 +12,45 @@ fn tanh(x: f64) -> f64 {
     x.tanh()
 }
 
+/// Sizes of the matmul checks: rows that leave a tile (and a subgroup's
+/// 32-row block) part-filled, and widths the subgroup kernel takes (n a
+/// multiple of 16) and leaves to the portable one (24).
+const LINEAR_SIZES: [(usize, usize, usize); 3] = [(13, 16, 24), (37, 16, 32), (45, 16, 48)];
+
 #[test]
 fn linear_forward_backward_and_epilogues_match_f64() {
     let g = gpu();
-    let (m, k, n) = (13usize, 16usize, 24usize);
+    for (m, k, n) in LINEAR_SIZES {
+        check_linear(&g, m, k, n);
+    }
+}
+
+#[test]
+fn portable_linear_matches_f64_where_subgroups_would_run() {
+    let g = gpu_portable();
+    assert!(!g.kernels.uses_subgroups());
+    for (m, k, n) in LINEAR_SIZES {
+        check_linear(&g, m, k, n);
+    }
+}
+
+/// lavapipe has 8-lane subgroups, so the trainer's matmuls must run on
+/// the subgroup kernel there; a change that silently fell back to the
+/// portable one would halve the toy's speed on the CI driver.
+#[test]
+fn subgroup_matmul_runs_on_lavapipe() {
+    let g = gpu();
+    let info = g.device.adapter_info();
+    if info.name.contains("llvmpipe") && info.backend == wgpu::Backend::Vulkan {
+        assert!(g.kernels.uses_subgroups(), "{info:?}");
+    }
+    if !g.device.features().contains(wgpu::Features::SUBGROUP) {
+        assert!(!g.kernels.uses_subgroups());
+    }
+}
+
+fn check_linear(g: &Gpu, m: usize, k: usize, n: usize) {
+    let at = |what: &str| format!("{what} (m {m}, k {k}, n {n})");
     let x = randn(1, m * k, 1.0);
     let w = randn(2, n * k, 0.5);
     let dy = randn(3, m * n, 1.0);
@@ -119,28 +154,40 @@ fn linear_forward_backward_and_epilogues_match_f64() {
             u[r * n + c] = (0..k).map(|i| x64[r * k + i] * w64[c * k + i]).sum();
         }
     }
-    assert_close("x W^T", slice(&out, y_store, m * n), &u, 1e-5, 1e-5);
+    assert_close(&at("x W^T"), slice(&out, y_store, m * n), &u, 1e-5, 1e-5);
     assert_close(
-        "gelu pre-activation",
+        &at("gelu pre-activation"),
         slice(&out, u_gelu, m * n),
         &u,
         1e-5,
         1e-5,
     );
     let ge: Vec<f64> = u.iter().map(|&v| gelu(v)).collect();
-    assert_close("gelu", slice(&out, y_gelu, m * n), &ge, 1e-5, 1e-6);
-    assert_close("unaligned gelu", slice(&out, y_odd, m * n), &ge, 1e-5, 1e-6);
+    assert_close(&at("gelu"), slice(&out, y_gelu, m * n), &ge, 1e-5, 1e-6);
     assert_close(
-        "unaligned gelu pre-activation",
+        &at("unaligned gelu"),
+        slice(&out, y_odd, m * n),
+        &ge,
+        1e-5,
+        1e-6,
+    );
+    assert_close(
+        &at("unaligned gelu pre-activation"),
         slice(&out, u_odd, m * n),
         &u,
         1e-5,
         1e-5,
     );
     let yr: Vec<f64> = (0..m * n).map(|i| f64::from(res[i]) + s * u[i]).collect();
-    assert_close("gated residual", slice(&out, y_res, m * n), &yr, 1e-5, 1e-5);
     assert_close(
-        "gated residual branch",
+        &at("gated residual"),
+        slice(&out, y_res, m * n),
+        &yr,
+        1e-5,
+        1e-5,
+    );
+    assert_close(
+        &at("gated residual branch"),
         slice(&out, branch, m * n),
         &u,
         1e-5,
@@ -150,7 +197,7 @@ fn linear_forward_backward_and_epilogues_match_f64() {
         .map(|i| s * u[i] + f64::from(res[i]) + f64::from(acc_old[i]))
         .collect();
     assert_close(
-        "gate prologue + add + accumulate",
+        &at("gate prologue + add + accumulate"),
         slice(&out, y_acc, m * n),
         &ya,
         1e-5,
@@ -169,7 +216,13 @@ fn linear_forward_backward_and_epilogues_match_f64() {
         l
     };
     let want_dx = numeric_grad(&x64, loss);
-    assert_close("dx = dy W", slice(&out, dx, m * k), &want_dx, 1e-4, 1e-5);
+    assert_close(
+        &at("dx = dy W"),
+        slice(&out, dx, m * k),
+        &want_dx,
+        1e-4,
+        1e-5,
+    );
     let h = 1e-6;
     let want_gelu_bwd: Vec<f64> = (0..m * k)
         .map(|i| {
@@ -178,7 +231,7 @@ fn linear_forward_backward_and_epilogues_match_f64() {
         })
         .collect();
     assert_close(
-        "dx * gelu'(u)",
+        &at("dx * gelu'(u)"),
         slice(&out, dx_gelu, m * k),
         &want_gelu_bwd,
         1e-4,
@@ -194,7 +247,7 @@ fn linear_forward_backward_and_epilogues_match_f64() {
         s * l
     });
     assert_close(
-        "dW = tanh(g) dy^T x",
+        &at("dW = tanh(g) dy^T x"),
         slice(&out, dw, n * k),
         &want_dw,
         1e-4,
@@ -206,7 +259,7 @@ fn linear_forward_backward_and_epilogues_match_f64() {
         .map(|(w, o)| w + f64::from(*o))
         .collect();
     assert_close(
-        "dW accumulated",
+        &at("dW accumulated"),
         slice(&out, dw_acc, n * k),
         &want_acc,
         1e-4,
@@ -766,4 +819,30 @@ fn adamw_matches_f64_over_three_steps() {
         }
     }
     assert_close("AdamW parameters", slice(&mem, po, n), &p, 1e-5, 1e-6);
+}
+
+/// The f64 reference's erf, which the GELU checks trust, against the C
+/// library's erf, including the tails where a plain series would lose
+/// every digit (at x = 5 its terms reach 1e9 before they cancel). The
+/// series keeps about 14 digits just below 2, where it hands over.
+#[test]
+fn reference_erf_is_exact_in_the_tails() {
+    let cases = [
+        (0.5, 0.5204998778130465),
+        (1.5, 0.9661051464753108),
+        (1.99, 0.995111413199617),
+        (2.0, 0.9953222650189527),
+        (3.0, 0.9999779095030014),
+        (5.0, 0.9999999999984626),
+        (7.0, 1.0),
+    ];
+    for (x, want) in cases {
+        for (sx, want) in [(x, want), (-x, -want)] {
+            let got = erf(sx);
+            assert!(
+                (got - want).abs() <= 1e-14,
+                "erf({sx}) = {got}, expected {want}"
+            );
+        }
+    }
 }

@@ -4,17 +4,47 @@
 
 mod naga_check;
 
-use naga_check::check_module;
+use naga::valid::Capabilities;
+use naga_check::{check_module, check_module_with};
 use wgpu_gradclip::toy::kernels::{
-    Kernel, ATTENTION_WORKGROUP_SIZE, GRAD_WEIGHT_WORKGROUP_SIZE, LINEAR_TILE,
-    LINEAR_WORKGROUP_SIZE, MAX_ATTENTION_LEN, MAX_HEAD_DIM, NONE, WORKGROUP_SIZE,
+    Kernel, ATTENTION_WORKGROUP_SIZE, GRAD_WEIGHT_WORKGROUP_SIZE, LINEAR_SUBGROUP_COLS,
+    LINEAR_SUBGROUP_LANES, LINEAR_SUBGROUP_ROWS, LINEAR_TILE, LINEAR_WORKGROUP_SIZE,
+    MAX_ATTENTION_LEN, MAX_HEAD_DIM, NONE, WORKGROUP_SIZE,
 };
+
+/// What a kernel asks of the device: subgroup operations for the
+/// subgroup matmul, nothing beyond WebGPU for the rest.
+fn capabilities(kernel: Kernel) -> Capabilities {
+    if kernel.needs_subgroups() {
+        Capabilities::SUBGROUP
+    } else {
+        Capabilities::empty()
+    }
+}
 
 #[test]
 fn toy_kernels_validate_and_translate_everywhere() {
     for kernel in Kernel::ALL {
-        check_module(kernel.name(), &kernel.source(), &[kernel.name()], &[]);
+        check_module_with(
+            kernel.name(),
+            &kernel.source(),
+            &[kernel.name()],
+            &[],
+            capabilities(kernel),
+        );
     }
+}
+
+#[test]
+fn only_the_subgroup_matmul_needs_subgroups() {
+    for kernel in Kernel::ALL {
+        assert_eq!(
+            kernel.needs_subgroups(),
+            kernel.source().contains("subgroup_invocation_id"),
+            "{kernel:?}"
+        );
+    }
+    assert!(Kernel::ALL.iter().any(|k| k.needs_subgroups()));
 }
 
 /// Every specialisation the model can ask for translates too: the weight
@@ -23,17 +53,25 @@ fn toy_kernels_validate_and_translate_everywhere() {
 /// kernels.
 #[test]
 fn toy_kernel_variants_validate_and_translate_everywhere() {
-    let linear = Kernel::Linear.source();
-    for w_t in 0..2 {
-        for pro in [0, 2] {
-            for epi in 0..4 {
-                // Every subset of ADD (2), ACCUM (4), AUX (8) and the vec4
-                // epilogue (16).
-                for flags in (0..16).map(|f| f << 1) {
-                    let variant = w_t | pro << 1 | epi << 3 | flags << 8;
-                    let constants = Kernel::Linear.constants(variant);
-                    assert_eq!(constants.len(), 4);
-                    check_module("linear", &linear, &["linear"], &constants);
+    for kernel in [Kernel::Linear, Kernel::LinearSubgroup] {
+        let source = kernel.source();
+        for w_t in 0..2 {
+            for pro in [0, 2] {
+                for epi in 0..4 {
+                    // Every subset of ADD (2), ACCUM (4), AUX (8) and the
+                    // vec4 epilogue (16).
+                    for flags in (0..16).map(|f| f << 1) {
+                        let variant = w_t | pro << 1 | epi << 3 | flags << 8;
+                        let constants = kernel.constants(variant);
+                        assert_eq!(constants.len(), 4);
+                        check_module_with(
+                            kernel.name(),
+                            &source,
+                            &[kernel.name()],
+                            &constants,
+                            capabilities(kernel),
+                        );
+                    }
                 }
             }
         }
@@ -93,6 +131,10 @@ fn rust_constants_mirror_wgsl() {
     assert!(common.contains(&format!("const NONE: u32 = 0x{NONE:x}u;")));
     assert!(common.contains(&format!("const TILE: u32 = {LINEAR_TILE}u;")));
     assert!(common.contains(&format!("const LWG: u32 = {LINEAR_WORKGROUP_SIZE}u;")));
+    let sg = Kernel::LinearSubgroup.source();
+    assert!(sg.contains(&format!("const SG: u32 = {LINEAR_SUBGROUP_LANES}u;")));
+    assert!(sg.contains(&format!("const SG_ROWS: u32 = {LINEAR_SUBGROUP_ROWS}u;")));
+    assert!(sg.contains(&format!("const SG_COLS: u32 = {LINEAR_SUBGROUP_COLS}u;")));
     let gw = Kernel::LinearGradWeight.source();
     assert!(gw.contains(&format!("const LWG: u32 = {GRAD_WEIGHT_WORKGROUP_SIZE}u;")));
     let attn = Kernel::Attention.source();

@@ -40,12 +40,22 @@ pub const MAX_HEAD_DIM: u32 = 16;
 pub const LINEAR_TILE: u32 = 8;
 /// Invocations per workgroup of [`Kernel::Linear`]; mirrors `LWG` there.
 pub const LINEAR_WORKGROUP_SIZE: u32 = 64;
+/// Lanes per subgroup that [`Kernel::LinearSubgroup`] is written for;
+/// mirrors `SG` in `linear_subgroup.wgsl`.
+pub const LINEAR_SUBGROUP_LANES: u32 = 8;
+/// Rows of y each lane of [`Kernel::LinearSubgroup`] computes; mirrors
+/// `SG_ROWS`.
+pub const LINEAR_SUBGROUP_ROWS: u32 = 4;
+/// Columns of y each subgroup of [`Kernel::LinearSubgroup`] computes; a
+/// launch needs `n` to be a multiple of it. Mirrors `SG_COLS`.
+pub const LINEAR_SUBGROUP_COLS: u32 = 16;
 /// Invocations per workgroup of [`Kernel::LinearGradWeight`]; mirrors `LWG`
 /// there. Small, because a 64 x 64 weight has only 64 tiles and every CPU
 /// core needs a workgroup of its own.
 pub const GRAD_WEIGHT_WORKGROUP_SIZE: u32 = 16;
 
 const COMMON: &str = include_str!("../../shaders/toy/common.wgsl");
+const LINEAR: &str = include_str!("../../shaders/toy/linear.wgsl");
 
 /// A compute kernel of the toy model; each is one file in `shaders/toy/`
 /// with one entry point of the same name.
@@ -53,6 +63,10 @@ const COMMON: &str = include_str!("../../shaders/toy/common.wgsl");
 pub enum Kernel {
     /// `linear.wgsl`: matmul with fused GELU / residual / add.
     Linear,
+    /// `linear_subgroup.wgsl`: the same product, for CPU drivers with
+    /// 8-lane subgroups. [`Program::new`] runs [`Kernel::Linear`] launches
+    /// on it when [`Kernels::uses_subgroups`] and `n` allows.
+    LinearSubgroup,
     /// `linear_grad_weight.wgsl`: dW = dy^T x.
     LinearGradWeight,
     /// `layer_norm.wgsl`: standalone LayerNorm forward.
@@ -85,8 +99,9 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, for pipeline creation and the validation test.
-    pub const ALL: [Kernel; 15] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::Linear,
+        Kernel::LinearSubgroup,
         Kernel::LayerNormBackward,
         Kernel::LinearGradWeight,
         Kernel::LayerNorm,
@@ -107,6 +122,7 @@ impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Linear => "linear",
+            Kernel::LinearSubgroup => "linear_subgroup",
             Kernel::LayerNormBackward => "layer_norm_backward",
             Kernel::LinearGradWeight => "linear_grad_weight",
             Kernel::LayerNorm => "layer_norm",
@@ -126,7 +142,8 @@ impl Kernel {
 
     fn body(self) -> &'static str {
         match self {
-            Kernel::Linear => include_str!("../../shaders/toy/linear.wgsl"),
+            Kernel::Linear => LINEAR,
+            Kernel::LinearSubgroup => include_str!("../../shaders/toy/linear_subgroup.wgsl"),
             Kernel::LayerNormBackward => include_str!("../../shaders/toy/layer_norm_backward.wgsl"),
             Kernel::LinearGradWeight => include_str!("../../shaders/toy/linear_grad_weight.wgsl"),
             Kernel::LayerNorm => include_str!("../../shaders/toy/layer_norm.wgsl"),
@@ -154,7 +171,7 @@ impl Kernel {
     /// its mode at run time paid for all of them.
     pub fn constants(self, variant: u32) -> Vec<(&'static str, f64)> {
         match self {
-            Kernel::Linear => vec![
+            Kernel::Linear | Kernel::LinearSubgroup => vec![
                 ("W_T", f64::from(variant & 1)),
                 ("PRO", f64::from(variant >> 1 & 3)),
                 ("EPI", f64::from(variant >> 3 & 3)),
@@ -166,8 +183,19 @@ impl Kernel {
         }
     }
 
-    /// The full WGSL module: the shared prelude, then the kernel's file.
+    /// Whether the kernel uses subgroup operations, so that its module
+    /// can only be built on a device with [`wgpu::Features::SUBGROUP`].
+    pub fn needs_subgroups(self) -> bool {
+        self == Kernel::LinearSubgroup
+    }
+
+    /// The full WGSL module: the shared prelude, then the kernel's file
+    /// (for [`Kernel::LinearSubgroup`], after `linear.wgsl`, whose uniform
+    /// block, overrides and epilogues it shares).
     pub fn source(self) -> String {
+        if self == Kernel::LinearSubgroup {
+            return format!("{COMMON}\n{LINEAR}\n{}", self.body());
+        }
         format!("{COMMON}\n{}", self.body())
     }
 }
@@ -811,13 +839,41 @@ pub struct Kernels {
     /// Pipelines by kernel and variant; variants other than 0 are built on
     /// first use by [`Program::new`].
     pipelines: Mutex<HashMap<(Kernel, u32), wgpu::ComputePipeline>>,
+    /// Whether `Linear` launches run on [`Kernel::LinearSubgroup`].
+    subgroups: bool,
 }
 
 impl Kernels {
     /// Compiles every kernel for `device`. Fails with [`ToyError::Device`]
     /// when the device allows fewer than 3 storage buffers per stage or a
     /// pipeline fails validation.
+    ///
+    /// On a CPU driver whose subgroups are exactly 8 lanes, opened with
+    /// [`wgpu::Features::SUBGROUP`] (lavapipe, which [`super::native::open_device`]
+    /// opens so), matrix products run on [`Kernel::LinearSubgroup`], about
+    /// twice as fast there; everywhere else on the portable
+    /// [`Kernel::Linear`].
     pub async fn new(device: &wgpu::Device) -> Result<Self, ToyError> {
+        let info = device.adapter_info();
+        let subgroups = device.features().contains(wgpu::Features::SUBGROUP)
+            && info.device_type == wgpu::DeviceType::Cpu
+            && info.subgroup_min_size == LINEAR_SUBGROUP_LANES
+            && info.subgroup_max_size == LINEAR_SUBGROUP_LANES;
+        Self::build(device, subgroups).await
+    }
+
+    /// As [`Kernels::new`], but with the portable kernels only, whatever
+    /// the device offers.
+    pub async fn portable(device: &wgpu::Device) -> Result<Self, ToyError> {
+        Self::build(device, false).await
+    }
+
+    /// Whether matrix products run on [`Kernel::LinearSubgroup`].
+    pub fn uses_subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    async fn build(device: &wgpu::Device, subgroups: bool) -> Result<Self, ToyError> {
         let limits = device.limits();
         if limits.max_storage_buffers_per_shader_stage < 3
             || limits.max_compute_invocations_per_workgroup < WORKGROUP_SIZE
@@ -862,7 +918,10 @@ impl Kernels {
 
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut modules = HashMap::new();
-        for kernel in Kernel::ALL {
+        let built = Kernel::ALL
+            .into_iter()
+            .filter(|k| subgroups || !k.needs_subgroups());
+        for kernel in built.clone() {
             let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.name()),
                 source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
@@ -876,8 +935,9 @@ impl Kernels {
             layout,
             modules,
             pipelines: Mutex::new(HashMap::new()),
+            subgroups,
         };
-        for kernel in Kernel::ALL {
+        for kernel in built {
             kernels.pipeline(kernel, 0);
         }
         if let Some(err) = scope.pop().await {
@@ -907,6 +967,23 @@ impl Kernels {
                     })
             })
             .clone()
+    }
+
+    /// The grid of `d` on [`Kernel::LinearSubgroup`], when `d` is a
+    /// `Linear` launch that kernel can take here: one subgroup per 32 x 16
+    /// block of y.
+    fn subgroup_grid(&self, d: &Dispatch) -> Option<[u32; 2]> {
+        if !self.subgroups || d.kernel != Kernel::Linear {
+            return None;
+        }
+        let p = bytemuck::try_pod_read_unaligned::<LinearParams>(&d.params).ok()?;
+        if p.n == 0 || !p.n.is_multiple_of(LINEAR_SUBGROUP_COLS) {
+            return None;
+        }
+        let blocks = p.m.div_ceil(LINEAR_SUBGROUP_LANES * LINEAR_SUBGROUP_ROWS)
+            * (p.n / LINEAR_SUBGROUP_COLS);
+        let wgs = (blocks * LINEAR_SUBGROUP_LANES).div_ceil(LINEAR_WORKGROUP_SIZE);
+        Some([wgs.max(1), 1])
     }
 
     /// The device the kernels were built for.
@@ -1014,7 +1091,10 @@ impl Program {
         Self {
             dispatches: dispatches
                 .iter()
-                .map(|d| (kernels.pipeline(d.kernel, d.variant), d.grid))
+                .map(|d| match kernels.subgroup_grid(d) {
+                    Some(grid) => (kernels.pipeline(Kernel::LinearSubgroup, d.variant), grid),
+                    None => (kernels.pipeline(d.kernel, d.variant), d.grid),
+                })
                 .collect(),
             params_bind_group,
         }

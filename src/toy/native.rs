@@ -6,8 +6,9 @@
 use super::ToyError;
 
 /// Opens the adapter chosen by `WGPU_BACKEND` / `WGPU_ADAPTER_NAME` (or the
-/// default one) with WebGPU's default limits, and returns its device,
-/// queue and a one-line description.
+/// default one) with WebGPU's default limits, and subgroups where the
+/// adapter has them (see [`super::kernels::Kernels::new`]), and returns its
+/// device, queue and a one-line description.
 ///
 /// Fails with [`ToyError::Device`] when no adapter is found; on a machine
 /// without a GPU, `apt-get install mesa-vulkan-drivers` provides one.
@@ -28,6 +29,7 @@ pub async fn open_device() -> Result<(wgpu::Device, wgpu::Queue, String), ToyErr
     let (device, queue) = adapter
         .request_device(&wgpu::DeviceDescriptor {
             label: Some("wgpu_gradclip.toy"),
+            required_features: adapter.features() & wgpu::Features::SUBGROUP,
             required_limits: wgpu::Limits::default(),
             ..Default::default()
         })

@@ -8,9 +8,21 @@ use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 pub fn check_module(name: &str, source: &str, entry_points: &[&str], constants: &[(&str, f64)]) {
+    check_module_with(name, source, entry_points, constants, Capabilities::empty());
+}
+
+/// As `check_module`, for a module that needs `capabilities` (subgroup
+/// operations, say) of the device.
+pub fn check_module_with(
+    name: &str,
+    source: &str,
+    entry_points: &[&str],
+    constants: &[(&str, f64)],
+    capabilities: Capabilities,
+) {
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{name}: parse error\n{}", e.emit_to_string(source)));
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+    let info = Validator::new(ValidationFlags::all(), capabilities)
         .validate(&module)
         .unwrap_or_else(|e| panic!("{name}: validation error\n{}", e.emit_to_string(source)));
 
