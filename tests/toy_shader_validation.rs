@@ -7,9 +7,9 @@ mod naga_check;
 use naga::valid::Capabilities;
 use naga_check::{check_module, check_module_with};
 use wgpu_gradclip::toy::kernels::{
-    Kernel, ATTENTION_WORKGROUP_SIZE, GRAD_WEIGHT_WORKGROUP_SIZE, LINEAR_SUBGROUP_COLS,
-    LINEAR_SUBGROUP_LANES, LINEAR_SUBGROUP_ROWS, LINEAR_TILE, LINEAR_WORKGROUP_SIZE,
-    MAX_ATTENTION_LEN, MAX_HEAD_DIM, NONE, WORKGROUP_SIZE,
+    Kernel, ATTENTION_WORKGROUP_SIZE, GRAD_WEIGHT_SUBGROUP_BLOCK, GRAD_WEIGHT_WORKGROUP_SIZE,
+    LINEAR_SUBGROUP_COLS, LINEAR_SUBGROUP_LANES, LINEAR_SUBGROUP_ROWS, LINEAR_TILE,
+    LINEAR_WORKGROUP_SIZE, MAX_ATTENTION_LEN, MAX_HEAD_DIM, NONE, WORKGROUP_SIZE,
 };
 
 /// What a kernel asks of the device: subgroup operations for the
@@ -36,7 +36,7 @@ fn toy_kernels_validate_and_translate_everywhere() {
 }
 
 #[test]
-fn only_the_subgroup_matmul_needs_subgroups() {
+fn only_the_subgroup_matmuls_need_subgroups() {
     for kernel in Kernel::ALL {
         assert_eq!(
             kernel.needs_subgroups(),
@@ -76,15 +76,17 @@ fn toy_kernel_variants_validate_and_translate_everywhere() {
             }
         }
     }
-    let grad_weight = Kernel::LinearGradWeight.source();
-    for variant in 0..2 {
-        let constants = Kernel::LinearGradWeight.constants(variant);
-        check_module(
-            "linear_grad_weight",
-            &grad_weight,
-            &["linear_grad_weight"],
-            &constants,
-        );
+    for kernel in [Kernel::LinearGradWeight, Kernel::LinearGradWeightSubgroup] {
+        let source = kernel.source();
+        for variant in 0..2 {
+            check_module_with(
+                kernel.name(),
+                &source,
+                &[kernel.name()],
+                &kernel.constants(variant),
+                capabilities(kernel),
+            );
+        }
     }
     for kernel in [Kernel::Attention, Kernel::AttentionBackward] {
         let source = kernel.source();
@@ -137,6 +139,14 @@ fn rust_constants_mirror_wgsl() {
     assert!(sg.contains(&format!("const SG_COLS: u32 = {LINEAR_SUBGROUP_COLS}u;")));
     let gw = Kernel::LinearGradWeight.source();
     assert!(gw.contains(&format!("const LWG: u32 = {GRAD_WEIGHT_WORKGROUP_SIZE}u;")));
+    let gws = Kernel::LinearGradWeightSubgroup.source();
+    let [bn, bk] = GRAD_WEIGHT_SUBGROUP_BLOCK;
+    assert!(gws.contains(&format!("const GSG: u32 = {LINEAR_SUBGROUP_LANES}u;")));
+    assert!(gws.contains(&format!(
+        "const GSG_ROWS: u32 = {}u;",
+        bn / LINEAR_SUBGROUP_LANES
+    )));
+    assert!(gws.contains(&format!("const GSG_COLS: u32 = {bk}u;")));
     let attn = Kernel::Attention.source();
     assert!(attn.contains(&format!("const MAX_T: u32 = {MAX_ATTENTION_LEN}u;")));
     assert!(attn.contains(&format!("const MAX_DH: u32 = {MAX_HEAD_DIM}u;")));

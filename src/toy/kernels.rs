@@ -49,6 +49,10 @@ pub const LINEAR_SUBGROUP_ROWS: u32 = 4;
 /// Columns of y each subgroup of [`Kernel::LinearSubgroup`] computes; a
 /// launch needs `n` to be a multiple of it. Mirrors `SG_COLS`.
 pub const LINEAR_SUBGROUP_COLS: u32 = 16;
+/// Rows (n) and columns (k) of dW each subgroup of
+/// [`Kernel::LinearGradWeightSubgroup`] computes; a launch needs n and k to
+/// be multiples of them. Mirror `GSG_ROWS * GSG` and `GSG_COLS`.
+pub const GRAD_WEIGHT_SUBGROUP_BLOCK: [u32; 2] = [32, 16];
 /// Invocations per workgroup of [`Kernel::LinearGradWeight`]; mirrors `LWG`
 /// there. Small, because a 64 x 64 weight has only 64 tiles and every CPU
 /// core needs a workgroup of its own.
@@ -56,6 +60,7 @@ pub const GRAD_WEIGHT_WORKGROUP_SIZE: u32 = 16;
 
 const COMMON: &str = include_str!("../../shaders/toy/common.wgsl");
 const LINEAR: &str = include_str!("../../shaders/toy/linear.wgsl");
+const GRAD_WEIGHT: &str = include_str!("../../shaders/toy/linear_grad_weight.wgsl");
 
 /// A compute kernel of the toy model; each is one file in `shaders/toy/`
 /// with one entry point of the same name.
@@ -69,6 +74,9 @@ pub enum Kernel {
     LinearSubgroup,
     /// `linear_grad_weight.wgsl`: dW = dy^T x.
     LinearGradWeight,
+    /// `linear_grad_weight_subgroup.wgsl`: the same, for CPU drivers with
+    /// 8-lane subgroups, as [`Kernel::LinearSubgroup`] is for `Linear`.
+    LinearGradWeightSubgroup,
     /// `layer_norm.wgsl`: standalone LayerNorm forward.
     LayerNorm,
     /// `layer_norm_backward.wgsl`: LayerNorm input gradient.
@@ -99,11 +107,12 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, for pipeline creation and the validation test.
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 17] = [
         Kernel::Linear,
         Kernel::LinearSubgroup,
         Kernel::LayerNormBackward,
         Kernel::LinearGradWeight,
+        Kernel::LinearGradWeightSubgroup,
         Kernel::LayerNorm,
         Kernel::LayerNormGradParams,
         Kernel::Attention,
@@ -125,6 +134,7 @@ impl Kernel {
             Kernel::LinearSubgroup => "linear_subgroup",
             Kernel::LayerNormBackward => "layer_norm_backward",
             Kernel::LinearGradWeight => "linear_grad_weight",
+            Kernel::LinearGradWeightSubgroup => "linear_grad_weight_subgroup",
             Kernel::LayerNorm => "layer_norm",
             Kernel::LayerNormGradParams => "layer_norm_grad_params",
             Kernel::Attention => "attention",
@@ -145,7 +155,10 @@ impl Kernel {
             Kernel::Linear => LINEAR,
             Kernel::LinearSubgroup => include_str!("../../shaders/toy/linear_subgroup.wgsl"),
             Kernel::LayerNormBackward => include_str!("../../shaders/toy/layer_norm_backward.wgsl"),
-            Kernel::LinearGradWeight => include_str!("../../shaders/toy/linear_grad_weight.wgsl"),
+            Kernel::LinearGradWeight => GRAD_WEIGHT,
+            Kernel::LinearGradWeightSubgroup => {
+                include_str!("../../shaders/toy/linear_grad_weight_subgroup.wgsl")
+            }
             Kernel::LayerNorm => include_str!("../../shaders/toy/layer_norm.wgsl"),
             Kernel::LayerNormGradParams => {
                 include_str!("../../shaders/toy/layer_norm_grad_params.wgsl")
@@ -177,7 +190,9 @@ impl Kernel {
                 ("EPI", f64::from(variant >> 3 & 3)),
                 ("FLAGS", f64::from(variant >> 8 & 0xff)),
             ],
-            Kernel::LinearGradWeight => vec![("ACCUMULATE", f64::from(variant & 1))],
+            Kernel::LinearGradWeight | Kernel::LinearGradWeightSubgroup => {
+                vec![("ACCUMULATE", f64::from(variant & 1))]
+            }
             Kernel::Attention | Kernel::AttentionBackward => vec![("MODE", f64::from(variant))],
             _ => Vec::new(),
         }
@@ -186,17 +201,29 @@ impl Kernel {
     /// Whether the kernel uses subgroup operations, so that its module
     /// can only be built on a device with [`wgpu::Features::SUBGROUP`].
     pub fn needs_subgroups(self) -> bool {
-        self == Kernel::LinearSubgroup
+        matches!(
+            self,
+            Kernel::LinearSubgroup | Kernel::LinearGradWeightSubgroup
+        )
+    }
+
+    /// The portable kernel whose launches a subgroup kernel takes over.
+    fn base(self) -> Option<Kernel> {
+        match self {
+            Kernel::LinearSubgroup => Some(Kernel::Linear),
+            Kernel::LinearGradWeightSubgroup => Some(Kernel::LinearGradWeight),
+            _ => None,
+        }
     }
 
     /// The full WGSL module: the shared prelude, then the kernel's file
-    /// (for [`Kernel::LinearSubgroup`], after `linear.wgsl`, whose uniform
-    /// block, overrides and epilogues it shares).
+    /// (for a subgroup kernel, after its portable twin's file, whose
+    /// uniform block, overrides and helpers it shares).
     pub fn source(self) -> String {
-        if self == Kernel::LinearSubgroup {
-            return format!("{COMMON}\n{LINEAR}\n{}", self.body());
+        match self.base() {
+            Some(base) => format!("{COMMON}\n{}\n{}", base.body(), self.body()),
+            None => format!("{COMMON}\n{}", self.body()),
         }
-        format!("{COMMON}\n{}", self.body())
     }
 }
 
@@ -969,21 +996,39 @@ impl Kernels {
             .clone()
     }
 
-    /// The grid of `d` on [`Kernel::LinearSubgroup`], when `d` is a
-    /// `Linear` launch that kernel can take here: one subgroup per 32 x 16
-    /// block of y.
-    fn subgroup_grid(&self, d: &Dispatch) -> Option<[u32; 2]> {
-        if !self.subgroups || d.kernel != Kernel::Linear {
+    /// The subgroup kernel and grid that take over `d`, when `d` is a
+    /// matrix product one of them can run here: one subgroup per 32 x 16
+    /// block of the output.
+    fn subgroup_launch(&self, d: &Dispatch) -> Option<(Kernel, [u32; 2])> {
+        if !self.subgroups {
             return None;
         }
-        let p = bytemuck::try_pod_read_unaligned::<LinearParams>(&d.params).ok()?;
-        if p.n == 0 || !p.n.is_multiple_of(LINEAR_SUBGROUP_COLS) {
-            return None;
-        }
-        let blocks = p.m.div_ceil(LINEAR_SUBGROUP_LANES * LINEAR_SUBGROUP_ROWS)
-            * (p.n / LINEAR_SUBGROUP_COLS);
-        let wgs = (blocks * LINEAR_SUBGROUP_LANES).div_ceil(LINEAR_WORKGROUP_SIZE);
-        Some([wgs.max(1), 1])
+        let (kernel, blocks) = match d.kernel {
+            Kernel::Linear => {
+                let p = bytemuck::try_pod_read_unaligned::<LinearParams>(&d.params).ok()?;
+                if p.n == 0 || !p.n.is_multiple_of(LINEAR_SUBGROUP_COLS) {
+                    return None;
+                }
+                let rows = p.m.div_ceil(LINEAR_SUBGROUP_LANES * LINEAR_SUBGROUP_ROWS);
+                (Kernel::LinearSubgroup, rows * (p.n / LINEAR_SUBGROUP_COLS))
+            }
+            Kernel::LinearGradWeight => {
+                let p =
+                    bytemuck::try_pod_read_unaligned::<LinearGradWeightParams>(&d.params).ok()?;
+                let [bn, bk] = GRAD_WEIGHT_SUBGROUP_BLOCK;
+                if p.n == 0 || p.k == 0 || !p.n.is_multiple_of(bn) || !p.k.is_multiple_of(bk) {
+                    return None;
+                }
+                (Kernel::LinearGradWeightSubgroup, (p.n / bn) * (p.k / bk))
+            }
+            _ => return None,
+        };
+        let workgroup = match kernel {
+            Kernel::LinearSubgroup => LINEAR_WORKGROUP_SIZE,
+            _ => GRAD_WEIGHT_WORKGROUP_SIZE,
+        };
+        let wgs = (blocks * LINEAR_SUBGROUP_LANES).div_ceil(workgroup);
+        Some((kernel, [wgs.max(1), 1]))
     }
 
     /// The device the kernels were built for.
@@ -1091,8 +1136,8 @@ impl Program {
         Self {
             dispatches: dispatches
                 .iter()
-                .map(|d| match kernels.subgroup_grid(d) {
-                    Some(grid) => (kernels.pipeline(Kernel::LinearSubgroup, d.variant), grid),
+                .map(|d| match kernels.subgroup_launch(d) {
+                    Some((kernel, grid)) => (kernels.pipeline(kernel, d.variant), grid),
                     None => (kernels.pipeline(d.kernel, d.variant), d.grid),
                 })
                 .collect(),
