@@ -427,8 +427,15 @@ struct AttnCase {
     zero_row: Box<dyn Fn(usize, usize) -> bool>,
 }
 
+/// Checks `case` with the trainer's kernels and with the portable ones;
+/// cases whose tq and tk are multiples of 8 run the subgroup kernels in the
+/// first pass where the device has them.
 fn check_attention(case: AttnCase) {
-    let g = gpu();
+    check_attention_on(&gpu(), &case);
+    check_attention_on(&gpu_portable(), &case);
+}
+
+fn check_attention_on(g: &Gpu, case: &AttnCase) {
     let (heads, dh) = (2usize, 8usize);
     let width = heads * dh;
     let (b, tq, tk) = (case.batch, case.tq, case.tk);
@@ -594,6 +601,78 @@ fn media_masked_cross_attention_matches_finite_differences() {
         mask: AttentionMask::Media,
         batch: b,
         tq,
+        tk: ni * l,
+        ints,
+        len_off: NONE,
+        time_off: 0,
+        slot_off,
+        media: ni,
+        latents: l,
+        key_row: Box::new(move |bi, j| {
+            let s = slots[bi][j / l];
+            (s != NONE).then(|| s as usize * l + j % l)
+        }),
+        kv_rows: 3 * l,
+        allowed: Box::new(move |bi, t, j| {
+            time[bi][t] as usize == j / l + 1 && slots[bi][j / l] != NONE
+        }),
+        zero_row: Box::new(move |bi, t| time[bi][t] == 0),
+    });
+}
+
+/// Sizes the attention subgroup kernels take (tq and tk multiples of 8),
+/// for each mask.
+#[test]
+fn attention_in_whole_subgroups_matches_finite_differences() {
+    let (b, tq, tk) = (2, 8, 16);
+    check_attention(AttnCase {
+        name: "perceiver attention, 8 x 16",
+        mask: AttentionMask::None,
+        batch: b,
+        tq,
+        tk,
+        ints: vec![],
+        len_off: NONE,
+        time_off: NONE,
+        slot_off: NONE,
+        media: 0,
+        latents: 0,
+        key_row: Box::new(move |bi, j| Some(bi * tk + j)),
+        kv_rows: b * tk,
+        allowed: Box::new(|_, _, _| true),
+        zero_row: Box::new(|_, _| false),
+    });
+    let t = 16;
+    let lens = [16u32, 11];
+    check_attention(AttnCase {
+        name: "causal attention, 16",
+        mask: AttentionMask::Causal,
+        batch: b,
+        tq: t,
+        tk: t,
+        ints: lens.to_vec(),
+        len_off: 0,
+        time_off: NONE,
+        slot_off: NONE,
+        media: 0,
+        latents: 0,
+        key_row: Box::new(move |bi, j| Some(bi * t + j)),
+        kv_rows: b * t,
+        allowed: Box::new(move |bi, t, j| j <= t && (j as u32) < lens[bi]),
+        zero_row: Box::new(|_, _| false),
+    });
+    // Sequence 0 has images in slots 0 and 1, sequence 1 one image in slot 2.
+    let (ni, l) = (2, 4);
+    let time = [[0u32, 1, 1, 1, 2, 2, 2, 2], [0, 0, 1, 1, 1, 1, 1, 1]];
+    let slots = [[0u32, 1], [2, NONE]];
+    let mut ints: Vec<u32> = time.iter().flatten().copied().collect();
+    let slot_off = ints.len() as u32;
+    ints.extend(slots.iter().flatten());
+    check_attention(AttnCase {
+        name: "media cross-attention, 8 x 8",
+        mask: AttentionMask::Media,
+        batch: b,
+        tq: 8,
         tk: ni * l,
         ints,
         len_off: NONE,

@@ -5,11 +5,11 @@
 mod naga_check;
 
 use naga::valid::Capabilities;
-use naga_check::{check_module, check_module_with};
+use naga_check::check_module_with;
 use wgpu_gradclip::toy::kernels::{
-    Kernel, ATTENTION_WORKGROUP_SIZE, GRAD_WEIGHT_SUBGROUP_BLOCK, GRAD_WEIGHT_WORKGROUP_SIZE,
-    LINEAR_SUBGROUP_COLS, LINEAR_SUBGROUP_LANES, LINEAR_SUBGROUP_ROWS, LINEAR_TILE,
-    LINEAR_WORKGROUP_SIZE, MAX_ATTENTION_LEN, MAX_HEAD_DIM, NONE, WORKGROUP_SIZE,
+    Kernel, ATTENTION_SUBGROUP_ROWS, ATTENTION_WORKGROUP_SIZE, GRAD_WEIGHT_SUBGROUP_BLOCK,
+    GRAD_WEIGHT_WORKGROUP_SIZE, LINEAR_SUBGROUP_COLS, LINEAR_SUBGROUP_LANES, LINEAR_SUBGROUP_ROWS,
+    LINEAR_TILE, LINEAR_WORKGROUP_SIZE, MAX_ATTENTION_LEN, MAX_HEAD_DIM, NONE, WORKGROUP_SIZE,
 };
 
 /// What a kernel asks of the device: subgroup operations for the
@@ -88,14 +88,20 @@ fn toy_kernel_variants_validate_and_translate_everywhere() {
             );
         }
     }
-    for kernel in [Kernel::Attention, Kernel::AttentionBackward] {
+    for kernel in [
+        Kernel::Attention,
+        Kernel::AttentionBackward,
+        Kernel::AttentionSubgroup,
+        Kernel::AttentionBackwardSubgroup,
+    ] {
         let source = kernel.source();
         for mask in 0..3 {
-            check_module(
+            check_module_with(
                 kernel.name(),
                 &source,
                 &[kernel.name()],
                 &kernel.constants(mask),
+                capabilities(kernel),
             );
         }
     }
@@ -154,4 +160,10 @@ fn rust_constants_mirror_wgsl() {
         let src = k.source();
         assert!(src.contains(&format!("const AWG: u32 = {ATTENTION_WORKGROUP_SIZE}u;")));
     }
+    let fwd = Kernel::AttentionSubgroup.source();
+    assert!(fwd.contains(&format!("const ASG: u32 = {ATTENTION_SUBGROUP_ROWS}u;")));
+    let bwd = Kernel::AttentionBackwardSubgroup.source();
+    assert!(bwd.contains(&format!("const BSG: u32 = {ATTENTION_SUBGROUP_ROWS}u;")));
+    // The subgroup kernels need whole subgroups in a workgroup.
+    assert!(ATTENTION_WORKGROUP_SIZE.is_multiple_of(ATTENTION_SUBGROUP_ROWS));
 }

@@ -49,6 +49,10 @@ pub const LINEAR_SUBGROUP_ROWS: u32 = 4;
 /// Columns of y each subgroup of [`Kernel::LinearSubgroup`] computes; a
 /// launch needs `n` to be a multiple of it. Mirrors `SG_COLS`.
 pub const LINEAR_SUBGROUP_COLS: u32 = 16;
+/// Queries (and, backward, keys) the attention subgroup kernels share
+/// rows among; a launch needs `tq` (and, backward, `tk`) to be multiples
+/// of it. Mirrors `ASG` and `BSG`.
+pub const ATTENTION_SUBGROUP_ROWS: u32 = 8;
 /// Rows (n) and columns (k) of dW each subgroup of
 /// [`Kernel::LinearGradWeightSubgroup`] computes; a launch needs n and k to
 /// be multiples of them. Mirror `GSG_ROWS * GSG` and `GSG_COLS`.
@@ -87,6 +91,12 @@ pub enum Kernel {
     Attention,
     /// `attention_backward.wgsl`: their gradients.
     AttentionBackward,
+    /// `attention_subgroup.wgsl`: [`Kernel::Attention`] for CPU drivers
+    /// with 8-lane subgroups.
+    AttentionSubgroup,
+    /// `attention_backward_subgroup.wgsl`: [`Kernel::AttentionBackward`]
+    /// for CPU drivers with 8-lane subgroups.
+    AttentionBackwardSubgroup,
     /// `embedding.wgsl`: token plus position embedding.
     Embedding,
     /// `embedding_backward.wgsl`: masked scatter-add of the embedding gradient.
@@ -107,7 +117,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, for pipeline creation and the validation test.
-    pub const ALL: [Kernel; 17] = [
+    pub const ALL: [Kernel; 19] = [
         Kernel::Linear,
         Kernel::LinearSubgroup,
         Kernel::LayerNormBackward,
@@ -117,6 +127,8 @@ impl Kernel {
         Kernel::LayerNormGradParams,
         Kernel::Attention,
         Kernel::AttentionBackward,
+        Kernel::AttentionSubgroup,
+        Kernel::AttentionBackwardSubgroup,
         Kernel::Embedding,
         Kernel::EmbeddingBackward,
         Kernel::CrossEntropy,
@@ -139,6 +151,8 @@ impl Kernel {
             Kernel::LayerNormGradParams => "layer_norm_grad_params",
             Kernel::Attention => "attention",
             Kernel::AttentionBackward => "attention_backward",
+            Kernel::AttentionSubgroup => "attention_subgroup",
+            Kernel::AttentionBackwardSubgroup => "attention_backward_subgroup",
             Kernel::Embedding => "embedding",
             Kernel::EmbeddingBackward => "embedding_backward",
             Kernel::CrossEntropy => "cross_entropy",
@@ -165,6 +179,10 @@ impl Kernel {
             }
             Kernel::Attention => include_str!("../../shaders/toy/attention.wgsl"),
             Kernel::AttentionBackward => include_str!("../../shaders/toy/attention_backward.wgsl"),
+            Kernel::AttentionSubgroup => include_str!("../../shaders/toy/attention_subgroup.wgsl"),
+            Kernel::AttentionBackwardSubgroup => {
+                include_str!("../../shaders/toy/attention_backward_subgroup.wgsl")
+            }
             Kernel::Embedding => include_str!("../../shaders/toy/embedding.wgsl"),
             Kernel::EmbeddingBackward => include_str!("../../shaders/toy/embedding_backward.wgsl"),
             Kernel::CrossEntropy => include_str!("../../shaders/toy/cross_entropy.wgsl"),
@@ -193,7 +211,10 @@ impl Kernel {
             Kernel::LinearGradWeight | Kernel::LinearGradWeightSubgroup => {
                 vec![("ACCUMULATE", f64::from(variant & 1))]
             }
-            Kernel::Attention | Kernel::AttentionBackward => vec![("MODE", f64::from(variant))],
+            Kernel::Attention
+            | Kernel::AttentionBackward
+            | Kernel::AttentionSubgroup
+            | Kernel::AttentionBackwardSubgroup => vec![("MODE", f64::from(variant))],
             _ => Vec::new(),
         }
     }
@@ -201,10 +222,7 @@ impl Kernel {
     /// Whether the kernel uses subgroup operations, so that its module
     /// can only be built on a device with [`wgpu::Features::SUBGROUP`].
     pub fn needs_subgroups(self) -> bool {
-        matches!(
-            self,
-            Kernel::LinearSubgroup | Kernel::LinearGradWeightSubgroup
-        )
+        self.base().is_some()
     }
 
     /// The portable kernel whose launches a subgroup kernel takes over.
@@ -212,6 +230,8 @@ impl Kernel {
         match self {
             Kernel::LinearSubgroup => Some(Kernel::Linear),
             Kernel::LinearGradWeightSubgroup => Some(Kernel::LinearGradWeight),
+            Kernel::AttentionSubgroup => Some(Kernel::Attention),
+            Kernel::AttentionBackwardSubgroup => Some(Kernel::AttentionBackward),
             _ => None,
         }
     }
@@ -996,9 +1016,10 @@ impl Kernels {
             .clone()
     }
 
-    /// The subgroup kernel and grid that take over `d`, when `d` is a
-    /// matrix product one of them can run here: one subgroup per 32 x 16
-    /// block of the output.
+    /// The subgroup kernel and grid that take over `d`, when one of them
+    /// can run it here: for matrix products, one subgroup per 32 x 16 block
+    /// of the output; for attention, the portable grid, whose subgroups are
+    /// 8 queries (or keys) of one head.
     fn subgroup_launch(&self, d: &Dispatch) -> Option<(Kernel, [u32; 2])> {
         if !self.subgroups {
             return None;
@@ -1020,6 +1041,20 @@ impl Kernels {
                     return None;
                 }
                 (Kernel::LinearGradWeightSubgroup, (p.n / bn) * (p.k / bk))
+            }
+            Kernel::Attention => {
+                let p = bytemuck::try_pod_read_unaligned::<AttentionParams>(&d.params).ok()?;
+                return p
+                    .tq
+                    .is_multiple_of(ATTENTION_SUBGROUP_ROWS)
+                    .then_some((Kernel::AttentionSubgroup, d.grid));
+            }
+            Kernel::AttentionBackward => {
+                let p =
+                    bytemuck::try_pod_read_unaligned::<AttentionBackwardParams>(&d.params).ok()?;
+                return (p.tq.is_multiple_of(ATTENTION_SUBGROUP_ROWS)
+                    && p.tk.is_multiple_of(ATTENTION_SUBGROUP_ROWS))
+                .then_some((Kernel::AttentionBackwardSubgroup, d.grid));
             }
             _ => return None,
         };

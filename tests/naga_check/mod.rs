@@ -7,6 +7,8 @@
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
+// Only the clipping shaders' test crate calls this one.
+#[allow(dead_code)]
 pub fn check_module(name: &str, source: &str, entry_points: &[&str], constants: &[(&str, f64)]) {
     check_module_with(name, source, entry_points, constants, Capabilities::empty());
 }

@@ -1,0 +1,250 @@
+// attention_backward_subgroup: the attention gradients of
+// attention_backward.wgsl (whose uniform block, overrides and helpers it
+// shares) for CPU drivers that run 8 invocations as one SIMD batch and
+// expose it as a subgroup; see attention_subgroup.wgsl for why. A
+// subgroup's 8 lanes are 8 queries, or 8 keys, of one (sequence, head).
+// Query lanes take turns loading the k and v rows of 8 keys and share them
+// with subgroupBroadcast; key lanes do the same with the q, O and dO rows
+// of 8 queries. Sums keep the portable kernel's order. Needs tq and tk to
+// be multiples of 8 and subgroups of 8 consecutive invocations; the host
+// picks this kernel only then.
+
+const BSG: u32 = 8u;
+
+// The head row at `off` (tensor offset plus head column), or zeros when
+// `ok` is false, read from a safe address so every lane can load
+// unconditionally.
+fn row_or_zero(off: u32, ok: bool) -> mat4x4<f32> {
+    let m = head_row(select(0u, off, ok));
+    let z = vec4<f32>(0.0);
+    return mat4x4<f32>(select(z, m[0], ok), select(z, m[1], ok), select(z, m[2], ok),
+        select(z, m[3], ok));
+}
+
+@compute @workgroup_size(AWG)
+fn attention_backward_subgroup(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    // x: head and role of sequence y; roles 0..tq are queries, then keys.
+    // tq and tk are multiples of 8, so a subgroup's lanes share a head and
+    // a kind of role, and whole subgroups leave together.
+    let roles = p.tq + p.tk;
+    if gid.x >= p.heads * roles {
+        return;
+    }
+    let b = gid.y;
+    let h = gid.x / roles;
+    let r = gid.x % roles;
+    let hc = h * p.dh;
+    let p_base = p.p_off + (b * p.heads + h) * p.tq * p.tk;
+    if r < p.tq {
+        let t = r;
+        let row = (b * p.tq + t);
+        let d_o = head_row(p.do_off + row * p.o_rs + hc);
+        // sum_j P[t, j] dP[t, j] equals dO[t] . O[t].
+        let rd = dot16(d_o, head_row(p.o_off + row * p.o_rs + hc));
+        var dq = mat4x4<f32>();
+        for (var j0 = 0u; j0 < p.tk; j0 += BSG) {
+            let kr = key_row(p.k_rs, b, j0 + lane);
+            let vr = key_row(p.v_rs, b, j0 + lane);
+            let kl = row_or_zero(p.k_off + kr + hc, kr != NONE);
+            let vl = row_or_zero(p.v_off + vr + hc, vr != NONE);
+            {
+                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 0u), subgroupBroadcast(kl[1], 0u),
+                    subgroupBroadcast(kl[2], 0u), subgroupBroadcast(kl[3], 0u));
+                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 0u), subgroupBroadcast(vl[1], 0u),
+                    subgroupBroadcast(vl[2], 0u), subgroupBroadcast(vl[3], 0u));
+                let pr = ld(p_base + t * p.tk + j0 + 0u);
+                if pr != 0.0 {
+                    dq += k * (pr * (dot16(d_o, v) - rd));
+                }
+            }
+            {
+                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 1u), subgroupBroadcast(kl[1], 1u),
+                    subgroupBroadcast(kl[2], 1u), subgroupBroadcast(kl[3], 1u));
+                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 1u), subgroupBroadcast(vl[1], 1u),
+                    subgroupBroadcast(vl[2], 1u), subgroupBroadcast(vl[3], 1u));
+                let pr = ld(p_base + t * p.tk + j0 + 1u);
+                if pr != 0.0 {
+                    dq += k * (pr * (dot16(d_o, v) - rd));
+                }
+            }
+            {
+                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 2u), subgroupBroadcast(kl[1], 2u),
+                    subgroupBroadcast(kl[2], 2u), subgroupBroadcast(kl[3], 2u));
+                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 2u), subgroupBroadcast(vl[1], 2u),
+                    subgroupBroadcast(vl[2], 2u), subgroupBroadcast(vl[3], 2u));
+                let pr = ld(p_base + t * p.tk + j0 + 2u);
+                if pr != 0.0 {
+                    dq += k * (pr * (dot16(d_o, v) - rd));
+                }
+            }
+            {
+                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 3u), subgroupBroadcast(kl[1], 3u),
+                    subgroupBroadcast(kl[2], 3u), subgroupBroadcast(kl[3], 3u));
+                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 3u), subgroupBroadcast(vl[1], 3u),
+                    subgroupBroadcast(vl[2], 3u), subgroupBroadcast(vl[3], 3u));
+                let pr = ld(p_base + t * p.tk + j0 + 3u);
+                if pr != 0.0 {
+                    dq += k * (pr * (dot16(d_o, v) - rd));
+                }
+            }
+            {
+                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 4u), subgroupBroadcast(kl[1], 4u),
+                    subgroupBroadcast(kl[2], 4u), subgroupBroadcast(kl[3], 4u));
+                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 4u), subgroupBroadcast(vl[1], 4u),
+                    subgroupBroadcast(vl[2], 4u), subgroupBroadcast(vl[3], 4u));
+                let pr = ld(p_base + t * p.tk + j0 + 4u);
+                if pr != 0.0 {
+                    dq += k * (pr * (dot16(d_o, v) - rd));
+                }
+            }
+            {
+                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 5u), subgroupBroadcast(kl[1], 5u),
+                    subgroupBroadcast(kl[2], 5u), subgroupBroadcast(kl[3], 5u));
+                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 5u), subgroupBroadcast(vl[1], 5u),
+                    subgroupBroadcast(vl[2], 5u), subgroupBroadcast(vl[3], 5u));
+                let pr = ld(p_base + t * p.tk + j0 + 5u);
+                if pr != 0.0 {
+                    dq += k * (pr * (dot16(d_o, v) - rd));
+                }
+            }
+            {
+                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 6u), subgroupBroadcast(kl[1], 6u),
+                    subgroupBroadcast(kl[2], 6u), subgroupBroadcast(kl[3], 6u));
+                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 6u), subgroupBroadcast(vl[1], 6u),
+                    subgroupBroadcast(vl[2], 6u), subgroupBroadcast(vl[3], 6u));
+                let pr = ld(p_base + t * p.tk + j0 + 6u);
+                if pr != 0.0 {
+                    dq += k * (pr * (dot16(d_o, v) - rd));
+                }
+            }
+            {
+                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 7u), subgroupBroadcast(kl[1], 7u),
+                    subgroupBroadcast(kl[2], 7u), subgroupBroadcast(kl[3], 7u));
+                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 7u), subgroupBroadcast(vl[1], 7u),
+                    subgroupBroadcast(vl[2], 7u), subgroupBroadcast(vl[3], 7u));
+                let pr = ld(p_base + t * p.tk + j0 + 7u);
+                if pr != 0.0 {
+                    dq += k * (pr * (dot16(d_o, v) - rd));
+                }
+            }
+        }
+        store_row(p.dq_off + row * p.q_rs + hc, dq * p.scale);
+        return;
+    }
+    let j = r - p.tq;
+    let kr = key_row(p.k_rs, b, j);
+    let vr = key_row(p.v_rs, b, j);
+    let v = row_or_zero(p.v_off + vr + hc, vr != NONE);
+    var dk = mat4x4<f32>();
+    var dv = mat4x4<f32>();
+    for (var t0 = 0u; t0 < p.tq; t0 += BSG) {
+        let row_l = b * p.tq + t0 + lane;
+        let dol = head_row(p.do_off + row_l * p.o_rs + hc);
+        let rdl = dot16(dol, head_row(p.o_off + row_l * p.o_rs + hc));
+        let ql = head_row(p.q_off + row_l * p.q_rs + hc);
+        {
+            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 0u), subgroupBroadcast(dol[1], 0u),
+                subgroupBroadcast(dol[2], 0u), subgroupBroadcast(dol[3], 0u));
+            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 0u), subgroupBroadcast(ql[1], 0u),
+                subgroupBroadcast(ql[2], 0u), subgroupBroadcast(ql[3], 0u));
+            let rd = subgroupBroadcast(rdl, 0u);
+            let pr = ld(p_base + (t0 + 0u) * p.tk + j);
+            if pr != 0.0 {
+                dv += d_o * pr;
+                dk += q * (pr * (dot16(d_o, v) - rd));
+            }
+        }
+        {
+            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 1u), subgroupBroadcast(dol[1], 1u),
+                subgroupBroadcast(dol[2], 1u), subgroupBroadcast(dol[3], 1u));
+            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 1u), subgroupBroadcast(ql[1], 1u),
+                subgroupBroadcast(ql[2], 1u), subgroupBroadcast(ql[3], 1u));
+            let rd = subgroupBroadcast(rdl, 1u);
+            let pr = ld(p_base + (t0 + 1u) * p.tk + j);
+            if pr != 0.0 {
+                dv += d_o * pr;
+                dk += q * (pr * (dot16(d_o, v) - rd));
+            }
+        }
+        {
+            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 2u), subgroupBroadcast(dol[1], 2u),
+                subgroupBroadcast(dol[2], 2u), subgroupBroadcast(dol[3], 2u));
+            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 2u), subgroupBroadcast(ql[1], 2u),
+                subgroupBroadcast(ql[2], 2u), subgroupBroadcast(ql[3], 2u));
+            let rd = subgroupBroadcast(rdl, 2u);
+            let pr = ld(p_base + (t0 + 2u) * p.tk + j);
+            if pr != 0.0 {
+                dv += d_o * pr;
+                dk += q * (pr * (dot16(d_o, v) - rd));
+            }
+        }
+        {
+            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 3u), subgroupBroadcast(dol[1], 3u),
+                subgroupBroadcast(dol[2], 3u), subgroupBroadcast(dol[3], 3u));
+            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 3u), subgroupBroadcast(ql[1], 3u),
+                subgroupBroadcast(ql[2], 3u), subgroupBroadcast(ql[3], 3u));
+            let rd = subgroupBroadcast(rdl, 3u);
+            let pr = ld(p_base + (t0 + 3u) * p.tk + j);
+            if pr != 0.0 {
+                dv += d_o * pr;
+                dk += q * (pr * (dot16(d_o, v) - rd));
+            }
+        }
+        {
+            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 4u), subgroupBroadcast(dol[1], 4u),
+                subgroupBroadcast(dol[2], 4u), subgroupBroadcast(dol[3], 4u));
+            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 4u), subgroupBroadcast(ql[1], 4u),
+                subgroupBroadcast(ql[2], 4u), subgroupBroadcast(ql[3], 4u));
+            let rd = subgroupBroadcast(rdl, 4u);
+            let pr = ld(p_base + (t0 + 4u) * p.tk + j);
+            if pr != 0.0 {
+                dv += d_o * pr;
+                dk += q * (pr * (dot16(d_o, v) - rd));
+            }
+        }
+        {
+            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 5u), subgroupBroadcast(dol[1], 5u),
+                subgroupBroadcast(dol[2], 5u), subgroupBroadcast(dol[3], 5u));
+            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 5u), subgroupBroadcast(ql[1], 5u),
+                subgroupBroadcast(ql[2], 5u), subgroupBroadcast(ql[3], 5u));
+            let rd = subgroupBroadcast(rdl, 5u);
+            let pr = ld(p_base + (t0 + 5u) * p.tk + j);
+            if pr != 0.0 {
+                dv += d_o * pr;
+                dk += q * (pr * (dot16(d_o, v) - rd));
+            }
+        }
+        {
+            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 6u), subgroupBroadcast(dol[1], 6u),
+                subgroupBroadcast(dol[2], 6u), subgroupBroadcast(dol[3], 6u));
+            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 6u), subgroupBroadcast(ql[1], 6u),
+                subgroupBroadcast(ql[2], 6u), subgroupBroadcast(ql[3], 6u));
+            let rd = subgroupBroadcast(rdl, 6u);
+            let pr = ld(p_base + (t0 + 6u) * p.tk + j);
+            if pr != 0.0 {
+                dv += d_o * pr;
+                dk += q * (pr * (dot16(d_o, v) - rd));
+            }
+        }
+        {
+            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 7u), subgroupBroadcast(dol[1], 7u),
+                subgroupBroadcast(dol[2], 7u), subgroupBroadcast(dol[3], 7u));
+            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 7u), subgroupBroadcast(ql[1], 7u),
+                subgroupBroadcast(ql[2], 7u), subgroupBroadcast(ql[3], 7u));
+            let rd = subgroupBroadcast(rdl, 7u);
+            let pr = ld(p_base + (t0 + 7u) * p.tk + j);
+            if pr != 0.0 {
+                dv += d_o * pr;
+                dk += q * (pr * (dot16(d_o, v) - rd));
+            }
+        }
+    }
+    // A key in an empty media slot has no rows to write.
+    if kr != NONE {
+        store_row(p.dk_off + kr + hc, dk * p.scale);
+        store_row(p.dv_off + vr + hc, dv);
+    }
+}
