@@ -4,7 +4,7 @@
 // expose it as a subgroup; see attention_subgroup.wgsl for why. A
 // subgroup's 8 lanes are 8 queries, or 8 keys, of one (sequence, head).
 // Query lanes take turns loading the k and v rows of 8 keys and share them
-// with subgroupBroadcast; key lanes do the same with the q, O and dO rows
+// with subgroupShuffle; key lanes do the same with the q, O and dO rows
 // of 8 queries. Sums keep the portable kernel's order. Needs tq and tk to
 // be multiples of 8 and subgroups of 8 consecutive invocations; the host
 // picks this kernel only then.
@@ -50,82 +50,12 @@ fn attention_backward_subgroup(
             let vr = key_row(p.v_rs, b, j0 + lane);
             let kl = row_or_zero(p.k_off + kr + hc, kr != NONE);
             let vl = row_or_zero(p.v_off + vr + hc, vr != NONE);
-            {
-                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 0u), subgroupBroadcast(kl[1], 0u),
-                    subgroupBroadcast(kl[2], 0u), subgroupBroadcast(kl[3], 0u));
-                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 0u), subgroupBroadcast(vl[1], 0u),
-                    subgroupBroadcast(vl[2], 0u), subgroupBroadcast(vl[3], 0u));
-                let pr = ld(p_base + t * p.tk + j0 + 0u);
-                if pr != 0.0 {
-                    dq += k * (pr * (dot16(d_o, v) - rd));
-                }
-            }
-            {
-                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 1u), subgroupBroadcast(kl[1], 1u),
-                    subgroupBroadcast(kl[2], 1u), subgroupBroadcast(kl[3], 1u));
-                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 1u), subgroupBroadcast(vl[1], 1u),
-                    subgroupBroadcast(vl[2], 1u), subgroupBroadcast(vl[3], 1u));
-                let pr = ld(p_base + t * p.tk + j0 + 1u);
-                if pr != 0.0 {
-                    dq += k * (pr * (dot16(d_o, v) - rd));
-                }
-            }
-            {
-                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 2u), subgroupBroadcast(kl[1], 2u),
-                    subgroupBroadcast(kl[2], 2u), subgroupBroadcast(kl[3], 2u));
-                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 2u), subgroupBroadcast(vl[1], 2u),
-                    subgroupBroadcast(vl[2], 2u), subgroupBroadcast(vl[3], 2u));
-                let pr = ld(p_base + t * p.tk + j0 + 2u);
-                if pr != 0.0 {
-                    dq += k * (pr * (dot16(d_o, v) - rd));
-                }
-            }
-            {
-                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 3u), subgroupBroadcast(kl[1], 3u),
-                    subgroupBroadcast(kl[2], 3u), subgroupBroadcast(kl[3], 3u));
-                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 3u), subgroupBroadcast(vl[1], 3u),
-                    subgroupBroadcast(vl[2], 3u), subgroupBroadcast(vl[3], 3u));
-                let pr = ld(p_base + t * p.tk + j0 + 3u);
-                if pr != 0.0 {
-                    dq += k * (pr * (dot16(d_o, v) - rd));
-                }
-            }
-            {
-                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 4u), subgroupBroadcast(kl[1], 4u),
-                    subgroupBroadcast(kl[2], 4u), subgroupBroadcast(kl[3], 4u));
-                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 4u), subgroupBroadcast(vl[1], 4u),
-                    subgroupBroadcast(vl[2], 4u), subgroupBroadcast(vl[3], 4u));
-                let pr = ld(p_base + t * p.tk + j0 + 4u);
-                if pr != 0.0 {
-                    dq += k * (pr * (dot16(d_o, v) - rd));
-                }
-            }
-            {
-                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 5u), subgroupBroadcast(kl[1], 5u),
-                    subgroupBroadcast(kl[2], 5u), subgroupBroadcast(kl[3], 5u));
-                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 5u), subgroupBroadcast(vl[1], 5u),
-                    subgroupBroadcast(vl[2], 5u), subgroupBroadcast(vl[3], 5u));
-                let pr = ld(p_base + t * p.tk + j0 + 5u);
-                if pr != 0.0 {
-                    dq += k * (pr * (dot16(d_o, v) - rd));
-                }
-            }
-            {
-                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 6u), subgroupBroadcast(kl[1], 6u),
-                    subgroupBroadcast(kl[2], 6u), subgroupBroadcast(kl[3], 6u));
-                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 6u), subgroupBroadcast(vl[1], 6u),
-                    subgroupBroadcast(vl[2], 6u), subgroupBroadcast(vl[3], 6u));
-                let pr = ld(p_base + t * p.tk + j0 + 6u);
-                if pr != 0.0 {
-                    dq += k * (pr * (dot16(d_o, v) - rd));
-                }
-            }
-            {
-                let k = mat4x4<f32>(subgroupBroadcast(kl[0], 7u), subgroupBroadcast(kl[1], 7u),
-                    subgroupBroadcast(kl[2], 7u), subgroupBroadcast(kl[3], 7u));
-                let v = mat4x4<f32>(subgroupBroadcast(vl[0], 7u), subgroupBroadcast(vl[1], 7u),
-                    subgroupBroadcast(vl[2], 7u), subgroupBroadcast(vl[3], 7u));
-                let pr = ld(p_base + t * p.tk + j0 + 7u);
+            for (var jj = 0u; jj < BSG; jj++) {
+                let k = mat4x4<f32>(subgroupShuffle(kl[0], jj), subgroupShuffle(kl[1], jj),
+                    subgroupShuffle(kl[2], jj), subgroupShuffle(kl[3], jj));
+                let v = mat4x4<f32>(subgroupShuffle(vl[0], jj), subgroupShuffle(vl[1], jj),
+                    subgroupShuffle(vl[2], jj), subgroupShuffle(vl[3], jj));
+                let pr = ld(p_base + t * p.tk + j0 + jj);
                 if pr != 0.0 {
                     dq += k * (pr * (dot16(d_o, v) - rd));
                 }
@@ -145,97 +75,13 @@ fn attention_backward_subgroup(
         let dol = head_row(p.do_off + row_l * p.o_rs + hc);
         let rdl = dot16(dol, head_row(p.o_off + row_l * p.o_rs + hc));
         let ql = head_row(p.q_off + row_l * p.q_rs + hc);
-        {
-            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 0u), subgroupBroadcast(dol[1], 0u),
-                subgroupBroadcast(dol[2], 0u), subgroupBroadcast(dol[3], 0u));
-            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 0u), subgroupBroadcast(ql[1], 0u),
-                subgroupBroadcast(ql[2], 0u), subgroupBroadcast(ql[3], 0u));
-            let rd = subgroupBroadcast(rdl, 0u);
-            let pr = ld(p_base + (t0 + 0u) * p.tk + j);
-            if pr != 0.0 {
-                dv += d_o * pr;
-                dk += q * (pr * (dot16(d_o, v) - rd));
-            }
-        }
-        {
-            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 1u), subgroupBroadcast(dol[1], 1u),
-                subgroupBroadcast(dol[2], 1u), subgroupBroadcast(dol[3], 1u));
-            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 1u), subgroupBroadcast(ql[1], 1u),
-                subgroupBroadcast(ql[2], 1u), subgroupBroadcast(ql[3], 1u));
-            let rd = subgroupBroadcast(rdl, 1u);
-            let pr = ld(p_base + (t0 + 1u) * p.tk + j);
-            if pr != 0.0 {
-                dv += d_o * pr;
-                dk += q * (pr * (dot16(d_o, v) - rd));
-            }
-        }
-        {
-            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 2u), subgroupBroadcast(dol[1], 2u),
-                subgroupBroadcast(dol[2], 2u), subgroupBroadcast(dol[3], 2u));
-            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 2u), subgroupBroadcast(ql[1], 2u),
-                subgroupBroadcast(ql[2], 2u), subgroupBroadcast(ql[3], 2u));
-            let rd = subgroupBroadcast(rdl, 2u);
-            let pr = ld(p_base + (t0 + 2u) * p.tk + j);
-            if pr != 0.0 {
-                dv += d_o * pr;
-                dk += q * (pr * (dot16(d_o, v) - rd));
-            }
-        }
-        {
-            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 3u), subgroupBroadcast(dol[1], 3u),
-                subgroupBroadcast(dol[2], 3u), subgroupBroadcast(dol[3], 3u));
-            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 3u), subgroupBroadcast(ql[1], 3u),
-                subgroupBroadcast(ql[2], 3u), subgroupBroadcast(ql[3], 3u));
-            let rd = subgroupBroadcast(rdl, 3u);
-            let pr = ld(p_base + (t0 + 3u) * p.tk + j);
-            if pr != 0.0 {
-                dv += d_o * pr;
-                dk += q * (pr * (dot16(d_o, v) - rd));
-            }
-        }
-        {
-            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 4u), subgroupBroadcast(dol[1], 4u),
-                subgroupBroadcast(dol[2], 4u), subgroupBroadcast(dol[3], 4u));
-            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 4u), subgroupBroadcast(ql[1], 4u),
-                subgroupBroadcast(ql[2], 4u), subgroupBroadcast(ql[3], 4u));
-            let rd = subgroupBroadcast(rdl, 4u);
-            let pr = ld(p_base + (t0 + 4u) * p.tk + j);
-            if pr != 0.0 {
-                dv += d_o * pr;
-                dk += q * (pr * (dot16(d_o, v) - rd));
-            }
-        }
-        {
-            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 5u), subgroupBroadcast(dol[1], 5u),
-                subgroupBroadcast(dol[2], 5u), subgroupBroadcast(dol[3], 5u));
-            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 5u), subgroupBroadcast(ql[1], 5u),
-                subgroupBroadcast(ql[2], 5u), subgroupBroadcast(ql[3], 5u));
-            let rd = subgroupBroadcast(rdl, 5u);
-            let pr = ld(p_base + (t0 + 5u) * p.tk + j);
-            if pr != 0.0 {
-                dv += d_o * pr;
-                dk += q * (pr * (dot16(d_o, v) - rd));
-            }
-        }
-        {
-            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 6u), subgroupBroadcast(dol[1], 6u),
-                subgroupBroadcast(dol[2], 6u), subgroupBroadcast(dol[3], 6u));
-            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 6u), subgroupBroadcast(ql[1], 6u),
-                subgroupBroadcast(ql[2], 6u), subgroupBroadcast(ql[3], 6u));
-            let rd = subgroupBroadcast(rdl, 6u);
-            let pr = ld(p_base + (t0 + 6u) * p.tk + j);
-            if pr != 0.0 {
-                dv += d_o * pr;
-                dk += q * (pr * (dot16(d_o, v) - rd));
-            }
-        }
-        {
-            let d_o = mat4x4<f32>(subgroupBroadcast(dol[0], 7u), subgroupBroadcast(dol[1], 7u),
-                subgroupBroadcast(dol[2], 7u), subgroupBroadcast(dol[3], 7u));
-            let q = mat4x4<f32>(subgroupBroadcast(ql[0], 7u), subgroupBroadcast(ql[1], 7u),
-                subgroupBroadcast(ql[2], 7u), subgroupBroadcast(ql[3], 7u));
-            let rd = subgroupBroadcast(rdl, 7u);
-            let pr = ld(p_base + (t0 + 7u) * p.tk + j);
+        for (var tt = 0u; tt < BSG; tt++) {
+            let d_o = mat4x4<f32>(subgroupShuffle(dol[0], tt), subgroupShuffle(dol[1], tt),
+                subgroupShuffle(dol[2], tt), subgroupShuffle(dol[3], tt));
+            let q = mat4x4<f32>(subgroupShuffle(ql[0], tt), subgroupShuffle(ql[1], tt),
+                subgroupShuffle(ql[2], tt), subgroupShuffle(ql[3], tt));
+            let rd = subgroupShuffle(rdl, tt);
+            let pr = ld(p_base + (t0 + tt) * p.tk + j);
             if pr != 0.0 {
                 dv += d_o * pr;
                 dk += q * (pr * (dot16(d_o, v) - rd));

@@ -6,7 +6,7 @@
 // whatever its address, while taking a value from another lane is a
 // register shuffle. So for each 8 keys, each lane loads one key's k and v
 // rows and takes the other seven from its neighbours with
-// subgroupBroadcast: 8 row loads per 8 keys instead of 64. Needs tq to be
+// subgroupShuffle: 8 row loads per 8 keys instead of 64. Needs tq to be
 // a multiple of 8 and subgroups of 8 consecutive invocations; the host
 // picks this kernel only then.
 
@@ -60,124 +60,12 @@ fn attention_subgroup(
     for (var j0 = 0u; j0 < p.tk; j0 += ASG) {
         let kl = head_row_or_zero(chunk_row(p.k_off, p.k_rs, b, j0 + lane), hc);
         let vl = head_row_or_zero(chunk_row(p.v_off, p.v_rs, b, j0 + lane), hc);
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 0u), subgroupBroadcast(kl[1], 0u),
-                subgroupBroadcast(kl[2], 0u), subgroupBroadcast(kl[3], 0u));
-            let v = mat4x4<f32>(subgroupBroadcast(vl[0], 0u), subgroupBroadcast(vl[1], 0u),
-                subgroupBroadcast(vl[2], 0u), subgroupBroadcast(vl[3], 0u));
-            let j = j0 + 0u;
-            if live && j < p.tk && allowed(b, t, j) {
-                let s = dot16(q, k) * p.scale;
-                let m_new = max(mx, s);
-                let decay = exp(mx - m_new);
-                let e = exp(s - m_new);
-                sum = sum * decay + e;
-                o = o * decay + v * e;
-                mx = m_new;
-            }
-        }
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 1u), subgroupBroadcast(kl[1], 1u),
-                subgroupBroadcast(kl[2], 1u), subgroupBroadcast(kl[3], 1u));
-            let v = mat4x4<f32>(subgroupBroadcast(vl[0], 1u), subgroupBroadcast(vl[1], 1u),
-                subgroupBroadcast(vl[2], 1u), subgroupBroadcast(vl[3], 1u));
-            let j = j0 + 1u;
-            if live && j < p.tk && allowed(b, t, j) {
-                let s = dot16(q, k) * p.scale;
-                let m_new = max(mx, s);
-                let decay = exp(mx - m_new);
-                let e = exp(s - m_new);
-                sum = sum * decay + e;
-                o = o * decay + v * e;
-                mx = m_new;
-            }
-        }
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 2u), subgroupBroadcast(kl[1], 2u),
-                subgroupBroadcast(kl[2], 2u), subgroupBroadcast(kl[3], 2u));
-            let v = mat4x4<f32>(subgroupBroadcast(vl[0], 2u), subgroupBroadcast(vl[1], 2u),
-                subgroupBroadcast(vl[2], 2u), subgroupBroadcast(vl[3], 2u));
-            let j = j0 + 2u;
-            if live && j < p.tk && allowed(b, t, j) {
-                let s = dot16(q, k) * p.scale;
-                let m_new = max(mx, s);
-                let decay = exp(mx - m_new);
-                let e = exp(s - m_new);
-                sum = sum * decay + e;
-                o = o * decay + v * e;
-                mx = m_new;
-            }
-        }
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 3u), subgroupBroadcast(kl[1], 3u),
-                subgroupBroadcast(kl[2], 3u), subgroupBroadcast(kl[3], 3u));
-            let v = mat4x4<f32>(subgroupBroadcast(vl[0], 3u), subgroupBroadcast(vl[1], 3u),
-                subgroupBroadcast(vl[2], 3u), subgroupBroadcast(vl[3], 3u));
-            let j = j0 + 3u;
-            if live && j < p.tk && allowed(b, t, j) {
-                let s = dot16(q, k) * p.scale;
-                let m_new = max(mx, s);
-                let decay = exp(mx - m_new);
-                let e = exp(s - m_new);
-                sum = sum * decay + e;
-                o = o * decay + v * e;
-                mx = m_new;
-            }
-        }
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 4u), subgroupBroadcast(kl[1], 4u),
-                subgroupBroadcast(kl[2], 4u), subgroupBroadcast(kl[3], 4u));
-            let v = mat4x4<f32>(subgroupBroadcast(vl[0], 4u), subgroupBroadcast(vl[1], 4u),
-                subgroupBroadcast(vl[2], 4u), subgroupBroadcast(vl[3], 4u));
-            let j = j0 + 4u;
-            if live && j < p.tk && allowed(b, t, j) {
-                let s = dot16(q, k) * p.scale;
-                let m_new = max(mx, s);
-                let decay = exp(mx - m_new);
-                let e = exp(s - m_new);
-                sum = sum * decay + e;
-                o = o * decay + v * e;
-                mx = m_new;
-            }
-        }
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 5u), subgroupBroadcast(kl[1], 5u),
-                subgroupBroadcast(kl[2], 5u), subgroupBroadcast(kl[3], 5u));
-            let v = mat4x4<f32>(subgroupBroadcast(vl[0], 5u), subgroupBroadcast(vl[1], 5u),
-                subgroupBroadcast(vl[2], 5u), subgroupBroadcast(vl[3], 5u));
-            let j = j0 + 5u;
-            if live && j < p.tk && allowed(b, t, j) {
-                let s = dot16(q, k) * p.scale;
-                let m_new = max(mx, s);
-                let decay = exp(mx - m_new);
-                let e = exp(s - m_new);
-                sum = sum * decay + e;
-                o = o * decay + v * e;
-                mx = m_new;
-            }
-        }
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 6u), subgroupBroadcast(kl[1], 6u),
-                subgroupBroadcast(kl[2], 6u), subgroupBroadcast(kl[3], 6u));
-            let v = mat4x4<f32>(subgroupBroadcast(vl[0], 6u), subgroupBroadcast(vl[1], 6u),
-                subgroupBroadcast(vl[2], 6u), subgroupBroadcast(vl[3], 6u));
-            let j = j0 + 6u;
-            if live && j < p.tk && allowed(b, t, j) {
-                let s = dot16(q, k) * p.scale;
-                let m_new = max(mx, s);
-                let decay = exp(mx - m_new);
-                let e = exp(s - m_new);
-                sum = sum * decay + e;
-                o = o * decay + v * e;
-                mx = m_new;
-            }
-        }
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 7u), subgroupBroadcast(kl[1], 7u),
-                subgroupBroadcast(kl[2], 7u), subgroupBroadcast(kl[3], 7u));
-            let v = mat4x4<f32>(subgroupBroadcast(vl[0], 7u), subgroupBroadcast(vl[1], 7u),
-                subgroupBroadcast(vl[2], 7u), subgroupBroadcast(vl[3], 7u));
-            let j = j0 + 7u;
+        for (var jj = 0u; jj < ASG; jj++) {
+            let k = mat4x4<f32>(subgroupShuffle(kl[0], jj), subgroupShuffle(kl[1], jj),
+                subgroupShuffle(kl[2], jj), subgroupShuffle(kl[3], jj));
+            let v = mat4x4<f32>(subgroupShuffle(vl[0], jj), subgroupShuffle(vl[1], jj),
+                subgroupShuffle(vl[2], jj), subgroupShuffle(vl[3], jj));
+            let j = j0 + jj;
             if live && j < p.tk && allowed(b, t, j) {
                 let s = dot16(q, k) * p.scale;
                 let m_new = max(mx, s);
@@ -195,94 +83,10 @@ fn attention_subgroup(
     }
     for (var j0 = 0u; j0 < p.tk; j0 += ASG) {
         let kl = head_row_or_zero(chunk_row(p.k_off, p.k_rs, b, j0 + lane), hc);
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 0u), subgroupBroadcast(kl[1], 0u),
-                subgroupBroadcast(kl[2], 0u), subgroupBroadcast(kl[3], 0u));
-            let j = j0 + 0u;
-            if j < p.tk {
-                var pr = 0.0;
-                if live && allowed(b, t, j) {
-                    pr = exp(dot16(q, k) * p.scale - mx) * inv;
-                }
-                st(p_base + j, pr);
-            }
-        }
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 1u), subgroupBroadcast(kl[1], 1u),
-                subgroupBroadcast(kl[2], 1u), subgroupBroadcast(kl[3], 1u));
-            let j = j0 + 1u;
-            if j < p.tk {
-                var pr = 0.0;
-                if live && allowed(b, t, j) {
-                    pr = exp(dot16(q, k) * p.scale - mx) * inv;
-                }
-                st(p_base + j, pr);
-            }
-        }
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 2u), subgroupBroadcast(kl[1], 2u),
-                subgroupBroadcast(kl[2], 2u), subgroupBroadcast(kl[3], 2u));
-            let j = j0 + 2u;
-            if j < p.tk {
-                var pr = 0.0;
-                if live && allowed(b, t, j) {
-                    pr = exp(dot16(q, k) * p.scale - mx) * inv;
-                }
-                st(p_base + j, pr);
-            }
-        }
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 3u), subgroupBroadcast(kl[1], 3u),
-                subgroupBroadcast(kl[2], 3u), subgroupBroadcast(kl[3], 3u));
-            let j = j0 + 3u;
-            if j < p.tk {
-                var pr = 0.0;
-                if live && allowed(b, t, j) {
-                    pr = exp(dot16(q, k) * p.scale - mx) * inv;
-                }
-                st(p_base + j, pr);
-            }
-        }
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 4u), subgroupBroadcast(kl[1], 4u),
-                subgroupBroadcast(kl[2], 4u), subgroupBroadcast(kl[3], 4u));
-            let j = j0 + 4u;
-            if j < p.tk {
-                var pr = 0.0;
-                if live && allowed(b, t, j) {
-                    pr = exp(dot16(q, k) * p.scale - mx) * inv;
-                }
-                st(p_base + j, pr);
-            }
-        }
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 5u), subgroupBroadcast(kl[1], 5u),
-                subgroupBroadcast(kl[2], 5u), subgroupBroadcast(kl[3], 5u));
-            let j = j0 + 5u;
-            if j < p.tk {
-                var pr = 0.0;
-                if live && allowed(b, t, j) {
-                    pr = exp(dot16(q, k) * p.scale - mx) * inv;
-                }
-                st(p_base + j, pr);
-            }
-        }
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 6u), subgroupBroadcast(kl[1], 6u),
-                subgroupBroadcast(kl[2], 6u), subgroupBroadcast(kl[3], 6u));
-            let j = j0 + 6u;
-            if j < p.tk {
-                var pr = 0.0;
-                if live && allowed(b, t, j) {
-                    pr = exp(dot16(q, k) * p.scale - mx) * inv;
-                }
-                st(p_base + j, pr);
-            }
-        }
-        {
-            let k = mat4x4<f32>(subgroupBroadcast(kl[0], 7u), subgroupBroadcast(kl[1], 7u),
-                subgroupBroadcast(kl[2], 7u), subgroupBroadcast(kl[3], 7u));
-            let j = j0 + 7u;
+        for (var jj = 0u; jj < ASG; jj++) {
+            let k = mat4x4<f32>(subgroupShuffle(kl[0], jj), subgroupShuffle(kl[1], jj),
+                subgroupShuffle(kl[2], jj), subgroupShuffle(kl[3], jj));
+            let j = j0 + jj;
             if j < p.tk {
                 var pr = 0.0;
                 if live && allowed(b, t, j) {
