@@ -587,19 +587,20 @@ fn causal_attention_with_padding_matches_finite_differences() {
     });
 }
 
-#[test]
-fn media_masked_cross_attention_matches_finite_differences() {
-    // Sequence 0 has images in slots 0 and 1, sequence 1 one image in slot 2.
-    let (b, tq, ni, l) = (2, 7, 2, 3);
-    let time = [[0u32, 1, 1, 1, 2, 2, 2], [0, 0, 1, 1, 1, 1, 1]];
+/// Two sequences of `tq` text tokens with `time[b][t]` as text_time, over
+/// images of `latents` latents each: sequence 0 has images in slots 0 and
+/// 1, sequence 1 one image in slot 2.
+fn media_case(name: &'static str, latents: usize, time: [Vec<u32>; 2]) -> AttnCase {
+    let (ni, l, tq) = (2, latents, time[0].len());
     let slots = [[0u32, 1], [2, NONE]];
     let mut ints: Vec<u32> = time.iter().flatten().copied().collect();
     let slot_off = ints.len() as u32;
     ints.extend(slots.iter().flatten());
-    check_attention(AttnCase {
-        name: "media cross-attention",
+    let (time_a, time_z) = (time.clone(), time);
+    AttnCase {
+        name,
         mask: AttentionMask::Media,
-        batch: b,
+        batch: 2,
         tq,
         tk: ni * l,
         ints,
@@ -614,10 +615,19 @@ fn media_masked_cross_attention_matches_finite_differences() {
         }),
         kv_rows: 3 * l,
         allowed: Box::new(move |bi, t, j| {
-            time[bi][t] as usize == j / l + 1 && slots[bi][j / l] != NONE
+            time_a[bi][t] as usize == j / l + 1 && slots[bi][j / l] != NONE
         }),
-        zero_row: Box::new(move |bi, t| time[bi][t] == 0),
-    });
+        zero_row: Box::new(move |bi, t| time_z[bi][t] == 0),
+    }
+}
+
+#[test]
+fn media_masked_cross_attention_matches_finite_differences() {
+    check_attention(media_case(
+        "media cross-attention",
+        3,
+        [vec![0, 1, 1, 1, 2, 2, 2], vec![0, 0, 1, 1, 1, 1, 1]],
+    ));
 }
 
 /// Sizes the attention subgroup kernels take (tq and tk multiples of 8),
@@ -661,35 +671,11 @@ fn attention_in_whole_subgroups_matches_finite_differences() {
         allowed: Box::new(move |bi, t, j| j <= t && (j as u32) < lens[bi]),
         zero_row: Box::new(|_, _| false),
     });
-    // Sequence 0 has images in slots 0 and 1, sequence 1 one image in slot 2.
-    let (ni, l) = (2, 4);
-    let time = [[0u32, 1, 1, 1, 2, 2, 2, 2], [0, 0, 1, 1, 1, 1, 1, 1]];
-    let slots = [[0u32, 1], [2, NONE]];
-    let mut ints: Vec<u32> = time.iter().flatten().copied().collect();
-    let slot_off = ints.len() as u32;
-    ints.extend(slots.iter().flatten());
-    check_attention(AttnCase {
-        name: "media cross-attention, 8 x 8",
-        mask: AttentionMask::Media,
-        batch: b,
-        tq: 8,
-        tk: ni * l,
-        ints,
-        len_off: NONE,
-        time_off: 0,
-        slot_off,
-        media: ni,
-        latents: l,
-        key_row: Box::new(move |bi, j| {
-            let s = slots[bi][j / l];
-            (s != NONE).then(|| s as usize * l + j % l)
-        }),
-        kv_rows: 3 * l,
-        allowed: Box::new(move |bi, t, j| {
-            time[bi][t] as usize == j / l + 1 && slots[bi][j / l] != NONE
-        }),
-        zero_row: Box::new(move |bi, t| time[bi][t] == 0),
-    });
+    check_attention(media_case(
+        "media cross-attention, 8 x 8",
+        4,
+        [vec![0, 1, 1, 1, 2, 2, 2, 2], vec![0, 0, 1, 1, 1, 1, 1, 1]],
+    ));
 }
 
 #[test]
