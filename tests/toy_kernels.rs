@@ -542,11 +542,11 @@ fn check_attention_on(g: &Gpu, case: &AttnCase) {
     );
 }
 
-#[test]
-fn attention_without_mask_matches_finite_differences() {
-    let (b, tq, tk) = (2, 3, 5);
-    check_attention(AttnCase {
-        name: "perceiver attention",
+/// Two sequences of `tq` queries over `tk` keys, unmasked.
+fn unmasked_case(name: &'static str, tq: usize, tk: usize) -> AttnCase {
+    let b = 2;
+    AttnCase {
+        name,
         mask: AttentionMask::None,
         batch: b,
         tq,
@@ -561,15 +561,14 @@ fn attention_without_mask_matches_finite_differences() {
         kv_rows: b * tk,
         allowed: Box::new(|_, _, _| true),
         zero_row: Box::new(|_, _| false),
-    });
+    }
 }
 
-#[test]
-fn causal_attention_with_padding_matches_finite_differences() {
-    let (b, t) = (2, 6);
-    let lens = [6u32, 4];
-    check_attention(AttnCase {
-        name: "causal attention",
+/// Two causal sequences of `t` tokens, padded after `lens[b]`.
+fn causal_case(name: &'static str, t: usize, lens: [u32; 2]) -> AttnCase {
+    let b = 2;
+    AttnCase {
+        name,
         mask: AttentionMask::Causal,
         batch: b,
         tq: t,
@@ -584,7 +583,17 @@ fn causal_attention_with_padding_matches_finite_differences() {
         kv_rows: b * t,
         allowed: Box::new(move |bi, t, j| j <= t && (j as u32) < lens[bi]),
         zero_row: Box::new(|_, _| false),
-    });
+    }
+}
+
+#[test]
+fn attention_without_mask_matches_finite_differences() {
+    check_attention(unmasked_case("perceiver attention", 3, 5));
+}
+
+#[test]
+fn causal_attention_with_padding_matches_finite_differences() {
+    check_attention(causal_case("causal attention", 6, [6, 4]));
 }
 
 /// Two sequences of `tq` text tokens with `time[b][t]` as text_time, over
@@ -634,43 +643,8 @@ fn media_masked_cross_attention_matches_finite_differences() {
 /// for each mask.
 #[test]
 fn attention_in_whole_subgroups_matches_finite_differences() {
-    let (b, tq, tk) = (2, 8, 16);
-    check_attention(AttnCase {
-        name: "perceiver attention, 8 x 16",
-        mask: AttentionMask::None,
-        batch: b,
-        tq,
-        tk,
-        ints: vec![],
-        len_off: NONE,
-        time_off: NONE,
-        slot_off: NONE,
-        media: 0,
-        latents: 0,
-        key_row: Box::new(move |bi, j| Some(bi * tk + j)),
-        kv_rows: b * tk,
-        allowed: Box::new(|_, _, _| true),
-        zero_row: Box::new(|_, _| false),
-    });
-    let t = 16;
-    let lens = [16u32, 11];
-    check_attention(AttnCase {
-        name: "causal attention, 16",
-        mask: AttentionMask::Causal,
-        batch: b,
-        tq: t,
-        tk: t,
-        ints: lens.to_vec(),
-        len_off: 0,
-        time_off: NONE,
-        slot_off: NONE,
-        media: 0,
-        latents: 0,
-        key_row: Box::new(move |bi, j| Some(bi * t + j)),
-        kv_rows: b * t,
-        allowed: Box::new(move |bi, t, j| j <= t && (j as u32) < lens[bi]),
-        zero_row: Box::new(|_, _| false),
-    });
+    check_attention(unmasked_case("perceiver attention, 8 x 16", 8, 16));
+    check_attention(causal_case("causal attention, 16", 16, [16, 11]));
     check_attention(media_case(
         "media cross-attention, 8 x 8",
         4,
