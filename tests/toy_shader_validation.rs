@@ -7,13 +7,13 @@ mod naga_check;
 use naga::valid::Capabilities;
 use naga_check::check_module_with;
 use wgpu_gradclip::toy::kernels::{
-    Kernel, ATTENTION_SUBGROUP_ROWS, ATTENTION_WORKGROUP_SIZE, GRAD_WEIGHT_SUBGROUP_BLOCK,
-    GRAD_WEIGHT_WORKGROUP_SIZE, LINEAR_SUBGROUP_COLS, LINEAR_SUBGROUP_LANES, LINEAR_SUBGROUP_ROWS,
-    LINEAR_TILE, LINEAR_WORKGROUP_SIZE, MAX_ATTENTION_LEN, MAX_HEAD_DIM, NONE, WORKGROUP_SIZE,
+    Kernel, ATTENTION_WORKGROUP_SIZE, GRAD_WEIGHT_SUBGROUP_BLOCK, GRAD_WEIGHT_WORKGROUP_SIZE,
+    LINEAR_SUBGROUP_COLS, LINEAR_SUBGROUP_ROWS, LINEAR_TILE, LINEAR_WORKGROUP_SIZE,
+    MAX_ATTENTION_LEN, MAX_HEAD_DIM, NONE, SUBGROUP_LANES, WORKGROUP_SIZE,
 };
 
 /// What a kernel asks of the device: subgroup operations for the
-/// subgroup matmul, nothing beyond WebGPU for the rest.
+/// subgroup kernels, nothing beyond WebGPU for the rest.
 fn capabilities(kernel: Kernel) -> Capabilities {
     if kernel.needs_subgroups() {
         Capabilities::SUBGROUP
@@ -36,7 +36,7 @@ fn toy_kernels_validate_and_translate_everywhere() {
 }
 
 #[test]
-fn only_the_subgroup_matmuls_need_subgroups() {
+fn only_the_subgroup_kernels_need_subgroups() {
     for kernel in Kernel::ALL {
         assert_eq!(
             kernel.needs_subgroups(),
@@ -139,19 +139,15 @@ fn rust_constants_mirror_wgsl() {
     assert!(common.contains(&format!("const NONE: u32 = 0x{NONE:x}u;")));
     assert!(common.contains(&format!("const TILE: u32 = {LINEAR_TILE}u;")));
     assert!(common.contains(&format!("const LWG: u32 = {LINEAR_WORKGROUP_SIZE}u;")));
+    assert!(common.contains(&format!("const SG_LANES: u32 = {SUBGROUP_LANES}u;")));
     let sg = Kernel::LinearSubgroup.source();
-    assert!(sg.contains(&format!("const SG: u32 = {LINEAR_SUBGROUP_LANES}u;")));
     assert!(sg.contains(&format!("const SG_ROWS: u32 = {LINEAR_SUBGROUP_ROWS}u;")));
     assert!(sg.contains(&format!("const SG_COLS: u32 = {LINEAR_SUBGROUP_COLS}u;")));
     let gw = Kernel::LinearGradWeight.source();
     assert!(gw.contains(&format!("const LWG: u32 = {GRAD_WEIGHT_WORKGROUP_SIZE}u;")));
     let gws = Kernel::LinearGradWeightSubgroup.source();
     let [bn, bk] = GRAD_WEIGHT_SUBGROUP_BLOCK;
-    assert!(gws.contains(&format!("const GSG: u32 = {LINEAR_SUBGROUP_LANES}u;")));
-    assert!(gws.contains(&format!(
-        "const GSG_ROWS: u32 = {}u;",
-        bn / LINEAR_SUBGROUP_LANES
-    )));
+    assert!(gws.contains(&format!("const GSG_ROWS: u32 = {}u;", bn / SUBGROUP_LANES)));
     assert!(gws.contains(&format!("const GSG_COLS: u32 = {bk}u;")));
     let attn = Kernel::Attention.source();
     assert!(attn.contains(&format!("const MAX_T: u32 = {MAX_ATTENTION_LEN}u;")));
@@ -160,10 +156,12 @@ fn rust_constants_mirror_wgsl() {
         let src = k.source();
         assert!(src.contains(&format!("const AWG: u32 = {ATTENTION_WORKGROUP_SIZE}u;")));
     }
-    let fwd = Kernel::AttentionSubgroup.source();
-    assert!(fwd.contains(&format!("const ASG: u32 = {ATTENTION_SUBGROUP_ROWS}u;")));
-    let bwd = Kernel::AttentionBackwardSubgroup.source();
-    assert!(bwd.contains(&format!("const BSG: u32 = {ATTENTION_SUBGROUP_ROWS}u;")));
     // The subgroup kernels need whole subgroups in a workgroup.
-    assert!(ATTENTION_WORKGROUP_SIZE.is_multiple_of(ATTENTION_SUBGROUP_ROWS));
+    for size in [
+        ATTENTION_WORKGROUP_SIZE,
+        LINEAR_WORKGROUP_SIZE,
+        GRAD_WEIGHT_WORKGROUP_SIZE,
+    ] {
+        assert!(size.is_multiple_of(SUBGROUP_LANES));
+    }
 }

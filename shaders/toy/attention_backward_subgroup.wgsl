@@ -9,7 +9,6 @@
 // be multiples of 8 and subgroups of 8 consecutive invocations; the host
 // picks this kernel only then.
 
-const BSG: u32 = 8u;
 
 // The head row at `off` (tensor offset plus head column), or zeros when
 // `ok` is false, read from a safe address so every lane can load
@@ -45,12 +44,12 @@ fn attention_backward_subgroup(
         // sum_j P[t, j] dP[t, j] equals dO[t] . O[t].
         let rd = dot16(d_o, head_row(p.o_off + row * p.o_rs + hc));
         var dq = mat4x4<f32>();
-        for (var j0 = 0u; j0 < p.tk; j0 += BSG) {
+        for (var j0 = 0u; j0 < p.tk; j0 += SG_LANES) {
             let kr = key_row(p.k_rs, b, j0 + lane);
             let vr = key_row(p.v_rs, b, j0 + lane);
             let kl = row_or_zero(p.k_off + kr + hc, kr != NONE);
             let vl = row_or_zero(p.v_off + vr + hc, vr != NONE);
-            for (var jj = 0u; jj < BSG; jj++) {
+            for (var jj = 0u; jj < SG_LANES; jj++) {
                 let k = mat4x4<f32>(subgroupShuffle(kl[0], jj), subgroupShuffle(kl[1], jj),
                     subgroupShuffle(kl[2], jj), subgroupShuffle(kl[3], jj));
                 let v = mat4x4<f32>(subgroupShuffle(vl[0], jj), subgroupShuffle(vl[1], jj),
@@ -70,12 +69,12 @@ fn attention_backward_subgroup(
     let v = row_or_zero(p.v_off + vr + hc, vr != NONE);
     var dk = mat4x4<f32>();
     var dv = mat4x4<f32>();
-    for (var t0 = 0u; t0 < p.tq; t0 += BSG) {
+    for (var t0 = 0u; t0 < p.tq; t0 += SG_LANES) {
         let row_l = b * p.tq + t0 + lane;
         let dol = head_row(p.do_off + row_l * p.o_rs + hc);
         let rdl = dot16(dol, head_row(p.o_off + row_l * p.o_rs + hc));
         let ql = head_row(p.q_off + row_l * p.q_rs + hc);
-        for (var tt = 0u; tt < BSG; tt++) {
+        for (var tt = 0u; tt < SG_LANES; tt++) {
             let d_o = mat4x4<f32>(subgroupShuffle(dol[0], tt), subgroupShuffle(dol[1], tt),
                 subgroupShuffle(dol[2], tt), subgroupShuffle(dol[3], tt));
             let q = mat4x4<f32>(subgroupShuffle(ql[0], tt), subgroupShuffle(ql[1], tt),

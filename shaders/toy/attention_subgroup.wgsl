@@ -10,7 +10,6 @@
 // a multiple of 8 and subgroups of 8 consecutive invocations; the host
 // picks this kernel only then.
 
-const ASG: u32 = 8u;
 
 // Row `row` (a key_row result) of the tensor at head column hc, or zeros
 // for NONE, read from a safe address so every lane can load
@@ -57,10 +56,10 @@ fn attention_subgroup(
     var o = mat4x4<f32>();
     // Every lane runs every chunk, live or not, so the broadcasts see all
     // eight lanes.
-    for (var j0 = 0u; j0 < p.tk; j0 += ASG) {
+    for (var j0 = 0u; j0 < p.tk; j0 += SG_LANES) {
         let kl = head_row_or_zero(chunk_row(p.k_off, p.k_rs, b, j0 + lane), hc);
         let vl = head_row_or_zero(chunk_row(p.v_off, p.v_rs, b, j0 + lane), hc);
-        for (var jj = 0u; jj < ASG; jj++) {
+        for (var jj = 0u; jj < SG_LANES; jj++) {
             let k = mat4x4<f32>(subgroupShuffle(kl[0], jj), subgroupShuffle(kl[1], jj),
                 subgroupShuffle(kl[2], jj), subgroupShuffle(kl[3], jj));
             let v = mat4x4<f32>(subgroupShuffle(vl[0], jj), subgroupShuffle(vl[1], jj),
@@ -81,9 +80,9 @@ fn attention_subgroup(
     if sum > 0.0 {
         inv = 1.0 / sum;
     }
-    for (var j0 = 0u; j0 < p.tk; j0 += ASG) {
+    for (var j0 = 0u; j0 < p.tk; j0 += SG_LANES) {
         let kl = head_row_or_zero(chunk_row(p.k_off, p.k_rs, b, j0 + lane), hc);
-        for (var jj = 0u; jj < ASG; jj++) {
+        for (var jj = 0u; jj < SG_LANES; jj++) {
             let k = mat4x4<f32>(subgroupShuffle(kl[0], jj), subgroupShuffle(kl[1], jj),
                 subgroupShuffle(kl[2], jj), subgroupShuffle(kl[3], jj));
             let j = j0 + jj;

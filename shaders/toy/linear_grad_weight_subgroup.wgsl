@@ -11,7 +11,6 @@
 // subgroups of 8 consecutive invocations; the host picks this kernel only
 // then.
 
-const GSG: u32 = 8u;
 const GSG_ROWS: u32 = 4u;
 const GSG_COLS: u32 = 16u;
 
@@ -21,8 +20,8 @@ fn linear_grad_weight_subgroup(
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
     let kb = p.k / GSG_COLS;
-    let block = gid.x / GSG;
-    let nb = (block / kb) * (GSG * GSG_ROWS);
+    let block = gid.x / SG_LANES;
+    let nb = (block / kb) * (SG_LANES * GSG_ROWS);
     // The same for every lane of a subgroup, so whole subgroups leave.
     if nb >= p.n {
         return;

@@ -11,7 +11,6 @@
 // subgroups of 8 consecutive invocations; the host picks this kernel only
 // then.
 
-const SG: u32 = 8u;
 const SG_ROWS: u32 = 4u;
 const SG_COLS: u32 = 16u;
 
@@ -21,8 +20,8 @@ fn linear_subgroup(
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
     let ncb = p.n / SG_COLS;
-    let block = gid.x / SG;
-    let rb = (block / ncb) * (SG * SG_ROWS);
+    let block = gid.x / SG_LANES;
+    let rb = (block / ncb) * (SG_LANES * SG_ROWS);
     // The same for every lane of a subgroup, so whole subgroups leave.
     if rb >= p.m {
         return;
@@ -56,7 +55,7 @@ fn linear_subgroup(
         // Lane j loads weight rows col0 + j and col0 + 8 + j; column c of
         // m0..m3 is weight row col0 + 4q + c, four k at a time.
         let wa = (p.w_off + (col0 + lane) * p.k) / 4u;
-        let wb = (p.w_off + (col0 + SG + lane) * p.k) / 4u;
+        let wb = (p.w_off + (col0 + SG_LANES + lane) * p.k) / 4u;
         for (var kk = 0u; kk < k4; kk++) {
             let va = ld4(wa + kk);
             let vb = ld4(wb + kk);

@@ -40,22 +40,20 @@ pub const MAX_HEAD_DIM: u32 = 16;
 pub const LINEAR_TILE: u32 = 8;
 /// Invocations per workgroup of [`Kernel::Linear`]; mirrors `LWG` there.
 pub const LINEAR_WORKGROUP_SIZE: u32 = 64;
-/// Lanes per subgroup that [`Kernel::LinearSubgroup`] is written for;
-/// mirrors `SG` in `linear_subgroup.wgsl`.
-pub const LINEAR_SUBGROUP_LANES: u32 = 8;
+/// Lanes per subgroup that the subgroup kernels ([`Kernel::needs_subgroups`])
+/// are written for; they run only where subgroups are exactly this wide.
+/// Attention launches need `tq` (and, backward, `tk`) to be multiples of
+/// it. Mirrors `SG_LANES` in `common.wgsl`.
+pub const SUBGROUP_LANES: u32 = 8;
 /// Rows of y each lane of [`Kernel::LinearSubgroup`] computes; mirrors
 /// `SG_ROWS`.
 pub const LINEAR_SUBGROUP_ROWS: u32 = 4;
 /// Columns of y each subgroup of [`Kernel::LinearSubgroup`] computes; a
 /// launch needs `n` to be a multiple of it. Mirrors `SG_COLS`.
 pub const LINEAR_SUBGROUP_COLS: u32 = 16;
-/// Queries (and, backward, keys) the attention subgroup kernels share
-/// rows among; a launch needs `tq` (and, backward, `tk`) to be multiples
-/// of it. Mirrors `ASG` and `BSG`.
-pub const ATTENTION_SUBGROUP_ROWS: u32 = 8;
 /// Rows (n) and columns (k) of dW each subgroup of
 /// [`Kernel::LinearGradWeightSubgroup`] computes; a launch needs n and k to
-/// be multiples of them. Mirror `GSG_ROWS * GSG` and `GSG_COLS`.
+/// be multiples of them. Mirror `GSG_ROWS * SG_LANES` and `GSG_COLS`.
 pub const GRAD_WEIGHT_SUBGROUP_BLOCK: [u32; 2] = [32, 16];
 /// Invocations per workgroup of [`Kernel::LinearGradWeight`]; mirrors `LWG`
 /// there. Small, because a 64 x 64 weight has only 64 tiles and every CPU
@@ -74,7 +72,8 @@ pub enum Kernel {
     Linear,
     /// `linear_subgroup.wgsl`: the same product, for CPU drivers with
     /// 8-lane subgroups. [`Program::new`] runs [`Kernel::Linear`] launches
-    /// on it when [`Kernels::uses_subgroups`] and `n` allows.
+    /// on it when [`Kernels::uses_subgroups`] and `n` allows; likewise for
+    /// the other `*Subgroup` kernels and their portable twins.
     LinearSubgroup,
     /// `linear_grad_weight.wgsl`: dW = dy^T x.
     LinearGradWeight,
@@ -731,27 +730,25 @@ impl Dispatch {
         }
     }
 
+    /// The uniform block read back as `P`, or None when its size is not
+    /// `P`'s; the caller matches `P` to [`Dispatch::kernel`].
+    fn params_as<P: Pod>(&self) -> Option<P> {
+        bytemuck::try_pod_read_unaligned(&self.params).ok()
+    }
+
     /// The multiply-adds of a matrix product (`m * n * k` of a
     /// [`Kernel::Linear`] or [`Kernel::LinearGradWeight`]); 0 for other
     /// kernels, or for a uniform block of the wrong size. Benchmarks use it
     /// to relate a step's time to its work.
     pub fn multiply_adds(&self) -> u64 {
-        let (m, n, k) = match self.kernel {
-            Kernel::Linear => {
-                match bytemuck::try_pod_read_unaligned::<LinearParams>(&self.params) {
-                    Ok(p) => (p.m, p.n, p.k),
-                    Err(_) => return 0,
-                }
-            }
-            Kernel::LinearGradWeight => {
-                match bytemuck::try_pod_read_unaligned::<LinearGradWeightParams>(&self.params) {
-                    Ok(p) => (p.m, p.n, p.k),
-                    Err(_) => return 0,
-                }
-            }
-            _ => return 0,
+        let dims = match self.kernel {
+            Kernel::Linear => self.params_as::<LinearParams>().map(|p| (p.m, p.n, p.k)),
+            Kernel::LinearGradWeight => self
+                .params_as::<LinearGradWeightParams>()
+                .map(|p| (p.m, p.n, p.k)),
+            _ => None,
         };
-        u64::from(m) * u64::from(n) * u64::from(k)
+        dims.map_or(0, |(m, n, k)| u64::from(m) * u64::from(n) * u64::from(k))
     }
 
     /// A [`Kernel::Linear`] launch. `n` must be a multiple of 8, `k` of 4,
@@ -886,7 +883,8 @@ pub struct Kernels {
     /// Pipelines by kernel and variant; variants other than 0 are built on
     /// first use by [`Program::new`].
     pipelines: Mutex<HashMap<(Kernel, u32), wgpu::ComputePipeline>>,
-    /// Whether `Linear` launches run on [`Kernel::LinearSubgroup`].
+    /// Whether matmul and attention launches that fit run on the subgroup
+    /// kernels.
     subgroups: bool,
 }
 
@@ -895,17 +893,17 @@ impl Kernels {
     /// when the device allows fewer than 3 storage buffers per stage or a
     /// pipeline fails validation.
     ///
-    /// On a CPU driver whose subgroups are exactly 8 lanes, opened with
-    /// [`wgpu::Features::SUBGROUP`] (lavapipe, which [`super::native::open_device`]
-    /// opens so), matrix products run on [`Kernel::LinearSubgroup`], about
-    /// twice as fast there; everywhere else on the portable
-    /// [`Kernel::Linear`].
+    /// On a CPU driver whose subgroups are exactly [`SUBGROUP_LANES`] wide,
+    /// opened with [`wgpu::Features::SUBGROUP`] (lavapipe, which
+    /// [`super::native::open_device`] opens so), the matmul, weight-gradient
+    /// and attention launches that fit run on their subgroup kernels
+    /// ([`Kernel::needs_subgroups`]); everywhere else on the portable ones.
     pub async fn new(device: &wgpu::Device) -> Result<Self, ToyError> {
         let info = device.adapter_info();
         let subgroups = device.features().contains(wgpu::Features::SUBGROUP)
             && info.device_type == wgpu::DeviceType::Cpu
-            && info.subgroup_min_size == LINEAR_SUBGROUP_LANES
-            && info.subgroup_max_size == LINEAR_SUBGROUP_LANES;
+            && info.subgroup_min_size == SUBGROUP_LANES
+            && info.subgroup_max_size == SUBGROUP_LANES;
         Self::build(device, subgroups).await
     }
 
@@ -915,7 +913,7 @@ impl Kernels {
         Self::build(device, false).await
     }
 
-    /// Whether matrix products run on [`Kernel::LinearSubgroup`].
+    /// Whether launches that fit run on the subgroup kernels.
     pub fn uses_subgroups(&self) -> bool {
         self.subgroups
     }
@@ -1026,16 +1024,15 @@ impl Kernels {
         }
         let (kernel, blocks) = match d.kernel {
             Kernel::Linear => {
-                let p = bytemuck::try_pod_read_unaligned::<LinearParams>(&d.params).ok()?;
+                let p = d.params_as::<LinearParams>()?;
                 if p.n == 0 || !p.n.is_multiple_of(LINEAR_SUBGROUP_COLS) {
                     return None;
                 }
-                let rows = p.m.div_ceil(LINEAR_SUBGROUP_LANES * LINEAR_SUBGROUP_ROWS);
+                let rows = p.m.div_ceil(SUBGROUP_LANES * LINEAR_SUBGROUP_ROWS);
                 (Kernel::LinearSubgroup, rows * (p.n / LINEAR_SUBGROUP_COLS))
             }
             Kernel::LinearGradWeight => {
-                let p =
-                    bytemuck::try_pod_read_unaligned::<LinearGradWeightParams>(&d.params).ok()?;
+                let p = d.params_as::<LinearGradWeightParams>()?;
                 let [bn, bk] = GRAD_WEIGHT_SUBGROUP_BLOCK;
                 if p.n == 0 || p.k == 0 || !p.n.is_multiple_of(bn) || !p.k.is_multiple_of(bk) {
                     return None;
@@ -1043,17 +1040,16 @@ impl Kernels {
                 (Kernel::LinearGradWeightSubgroup, (p.n / bn) * (p.k / bk))
             }
             Kernel::Attention => {
-                let p = bytemuck::try_pod_read_unaligned::<AttentionParams>(&d.params).ok()?;
+                let p = d.params_as::<AttentionParams>()?;
                 return p
                     .tq
-                    .is_multiple_of(ATTENTION_SUBGROUP_ROWS)
+                    .is_multiple_of(SUBGROUP_LANES)
                     .then_some((Kernel::AttentionSubgroup, d.grid));
             }
             Kernel::AttentionBackward => {
-                let p =
-                    bytemuck::try_pod_read_unaligned::<AttentionBackwardParams>(&d.params).ok()?;
-                return (p.tq.is_multiple_of(ATTENTION_SUBGROUP_ROWS)
-                    && p.tk.is_multiple_of(ATTENTION_SUBGROUP_ROWS))
+                let p = d.params_as::<AttentionBackwardParams>()?;
+                return (p.tq.is_multiple_of(SUBGROUP_LANES)
+                    && p.tk.is_multiple_of(SUBGROUP_LANES))
                 .then_some((Kernel::AttentionBackwardSubgroup, d.grid));
             }
             _ => return None,
@@ -1062,7 +1058,7 @@ impl Kernels {
             Kernel::LinearSubgroup => LINEAR_WORKGROUP_SIZE,
             _ => GRAD_WEIGHT_WORKGROUP_SIZE,
         };
-        let wgs = (blocks * LINEAR_SUBGROUP_LANES).div_ceil(workgroup);
+        let wgs = (blocks * SUBGROUP_LANES).div_ceil(workgroup);
         Some((kernel, [wgs.max(1), 1]))
     }
 

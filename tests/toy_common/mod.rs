@@ -18,7 +18,7 @@ pub fn gpu() -> Gpu {
     open(false)
 }
 
-/// As `gpu`, with the portable kernels only (no subgroup matmul).
+/// As `gpu`, with the portable kernels only (no subgroup kernels).
 pub fn gpu_portable() -> Gpu {
     open(true)
 }
@@ -154,7 +154,6 @@ pub fn numeric_grad(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
         .collect()
 }
 
-/// erf in f64 by its Taylor series (accurate to ~1e-12 for |x| < 4).
 /// erf in f64: its Maclaurin series below |x| = 2, and above, where the
 /// series' alternating terms would cancel away the digits, 1 - erfc from
 /// erfc's continued fraction (80 terms, exact to about 1e-16 there).
