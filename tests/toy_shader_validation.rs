@@ -107,6 +107,25 @@ fn toy_kernel_variants_validate_and_translate_everywhere() {
     }
 }
 
+/// For a prelude file (no entry point of its own), which kernels' modules
+/// must include it; None for a kernel's own file.
+fn prelude_users(stem: &str) -> Option<fn(Kernel) -> bool> {
+    match stem {
+        "common" => Some(|_| true),
+        "attention_common" => Some(|k| {
+            matches!(
+                k,
+                Kernel::Attention
+                    | Kernel::AttentionBackward
+                    | Kernel::AttentionSubgroup
+                    | Kernel::AttentionBackwardSubgroup
+            )
+        }),
+        "subgroup_common" => Some(Kernel::needs_subgroups),
+        _ => None,
+    }
+}
+
 #[test]
 fn every_toy_shader_file_is_a_registered_kernel() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/toy");
@@ -122,7 +141,16 @@ fn every_toy_shader_file_is_a_registered_kernel() {
             source.starts_with("// "),
             "{name} must open with a line saying what it computes"
         );
-        if stem != "common" {
+        if let Some(users) = prelude_users(stem) {
+            // A prelude: in the modules of exactly the kernels that use it.
+            for k in Kernel::ALL {
+                assert_eq!(
+                    k.source().contains(&source),
+                    users(k),
+                    "{name} in the module of {k:?}"
+                );
+            }
+        } else {
             let known = Kernel::ALL.iter().any(|k| k.source().ends_with(&source));
             assert!(
                 known && Kernel::ALL.iter().any(|k| k.name() == stem),
@@ -139,8 +167,8 @@ fn rust_constants_mirror_wgsl() {
     assert!(common.contains(&format!("const NONE: u32 = 0x{NONE:x}u;")));
     assert!(common.contains(&format!("const TILE: u32 = {LINEAR_TILE}u;")));
     assert!(common.contains(&format!("const LWG: u32 = {LINEAR_WORKGROUP_SIZE}u;")));
-    assert!(common.contains(&format!("const SG_LANES: u32 = {SUBGROUP_LANES}u;")));
     let sg = Kernel::LinearSubgroup.source();
+    assert!(sg.contains(&format!("const SG_LANES: u32 = {SUBGROUP_LANES}u;")));
     assert!(sg.contains(&format!("const SG_ROWS: u32 = {LINEAR_SUBGROUP_ROWS}u;")));
     assert!(sg.contains(&format!("const SG_COLS: u32 = {LINEAR_SUBGROUP_COLS}u;")));
     let gw = Kernel::LinearGradWeight.source();

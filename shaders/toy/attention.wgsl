@@ -45,20 +45,6 @@ override MODE: u32 = 0u;
 
 @group(1) @binding(0) var<uniform> p: Params;
 
-// A head row of dh <= 16 floats as the columns of a 4 x 4 matrix, zero
-// past dh. `off` is a multiple of 4.
-fn head_row(off: u32) -> mat4x4<f32> {
-    let dh4 = p.dh / 4u;
-    let b = off / 4u;
-    let z = vec4<f32>(0.0);
-    return mat4x4<f32>(select(z, ld4(b), dh4 > 0u), select(z, ld4(b + 1u), dh4 > 1u),
-        select(z, ld4(b + 2u), dh4 > 2u), select(z, ld4(b + 3u), dh4 > 3u));
-}
-
-fn dot16(a: mat4x4<f32>, b: mat4x4<f32>) -> f32 {
-    return dot(a[0], b[0]) + dot(a[1], b[1]) + dot(a[2], b[2]) + dot(a[3], b[3]);
-}
-
 // Element offset of key/value row j of sequence b (NONE when the media
 // slot is empty).
 fn key_row(off: u32, rs: u32, b: u32, j: u32) -> u32 {
@@ -87,56 +73,68 @@ fn allowed(b: u32, t: u32, j: u32) -> bool {
     }
 }
 
-@compute @workgroup_size(AWG)
-fn attention(@builtin(global_invocation_id) gid: vec3<u32>) {
-    // x: head and query of sequence y.
-    if gid.x >= p.heads * p.tq {
-        return;
-    }
+// What an invocation of the forward kernels knows of its query: sequence
+// b, query t, head column hc, its q row, where its probabilities and
+// output go, and whether it sees anything at all.
+struct QueryLane {
+    b: u32,
+    t: u32,
+    hc: u32,
+    q: mat4x4<f32>,
+    p_base: u32,
+    o_ix: u32,
+    live: bool,
+}
+
+// x: head and query of sequence y; gid.x < heads * tq.
+fn query_lane(gid: vec3<u32>) -> QueryLane {
     let b = gid.y;
     let h = gid.x / p.tq;
     let t = gid.x % p.tq;
     let hc = h * p.dh;
-    let q = head_row(p.q_off + (b * p.tq + t) * p.q_rs + hc);
-    let p_base = p.p_off + ((b * p.heads + h) * p.tq + t) * p.tk;
-    let o_ix = p.o_off + (b * p.tq + t) * p.o_rs + hc;
     // A text token before any image sees nothing: OpenFlamingo zeroes it.
     var live = true;
     if MODE == MODE_MEDIA {
         live = ints[p.time_off + b * p.tq + t] != 0u;
     }
-    var mx = F32_LOWEST;
-    var sum = 0.0;
-    var o = mat4x4<f32>();
-    if live {
+    return QueryLane(
+        b,
+        t,
+        hc,
+        head_row(p.q_off + (b * p.tq + t) * p.q_rs + hc),
+        p.p_off + ((b * p.heads + h) * p.tq + t) * p.tk,
+        p.o_off + (b * p.tq + t) * p.o_rs + hc,
+        live,
+    );
+}
+
+@compute @workgroup_size(AWG)
+fn attention(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if gid.x >= p.heads * p.tq {
+        return;
+    }
+    let ql = query_lane(gid);
+    let b = ql.b;
+    let t = ql.t;
+    let hc = ql.hc;
+    var acc = online_new();
+    if ql.live {
         for (var j = 0u; j < p.tk; j++) {
             if !allowed(b, t, j) {
                 continue;
             }
-            let s = dot16(q, head_row(key_row(p.k_off, p.k_rs, b, j) + hc)) * p.scale;
-            let m_new = max(mx, s);
-            let decay = exp(mx - m_new);
-            let e = exp(s - m_new);
-            sum = sum * decay + e;
-            o = o * decay + head_row(key_row(p.v_off, p.v_rs, b, j) + hc) * e;
-            mx = m_new;
+            let s = dot16(ql.q, head_row(key_row(p.k_off, p.k_rs, b, j) + hc)) * p.scale;
+            online_add(&acc, s, head_row(key_row(p.v_off, p.v_rs, b, j) + hc));
         }
     }
-    var inv = 0.0;
-    if sum > 0.0 {
-        inv = 1.0 / sum;
-    }
+    let inv = online_inv(acc);
     for (var j = 0u; j < p.tk; j++) {
         var pr = 0.0;
-        if live && allowed(b, t, j) {
-            let s = dot16(q, head_row(key_row(p.k_off, p.k_rs, b, j) + hc)) * p.scale;
-            pr = exp(s - mx) * inv;
+        if ql.live && allowed(b, t, j) {
+            let s = dot16(ql.q, head_row(key_row(p.k_off, p.k_rs, b, j) + hc)) * p.scale;
+            pr = exp(s - acc.mx) * inv;
         }
-        st(p_base + j, pr);
+        st(ql.p_base + j, pr);
     }
-    o = o * inv;
-    // dh and the offsets are multiples of 4: whole vec4s.
-    for (var i = 0u; i < p.dh / 4u; i++) {
-        st4(o_ix / 4u + i, o[i]);
-    }
+    store_row(ql.o_ix, acc.o * inv);
 }

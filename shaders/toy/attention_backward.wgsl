@@ -44,27 +44,6 @@ override MODE: u32 = 0u;
 
 @group(1) @binding(0) var<uniform> p: Params;
 
-// A head row of dh <= 16 floats as the columns of a 4 x 4 matrix, zero
-// past dh. `off` is a multiple of 4.
-fn head_row(off: u32) -> mat4x4<f32> {
-    let dh4 = p.dh / 4u;
-    let b = off / 4u;
-    let z = vec4<f32>(0.0);
-    return mat4x4<f32>(select(z, ld4(b), dh4 > 0u), select(z, ld4(b + 1u), dh4 > 1u),
-        select(z, ld4(b + 2u), dh4 > 2u), select(z, ld4(b + 3u), dh4 > 3u));
-}
-
-fn dot16(a: mat4x4<f32>, b: mat4x4<f32>) -> f32 {
-    return dot(a[0], b[0]) + dot(a[1], b[1]) + dot(a[2], b[2]) + dot(a[3], b[3]);
-}
-
-// The first dh floats of v to a head row; dh and `off` are multiples of 4.
-fn store_row(off: u32, v: mat4x4<f32>) {
-    for (var i = 0u; i < p.dh / 4u; i++) {
-        st4(off / 4u + i, v[i]);
-    }
-}
-
 // Row offset (times its stride, without the tensor offset) of key j of
 // sequence b, or NONE for an empty media slot.
 fn key_row(rs: u32, b: u32, j: u32) -> u32 {
@@ -78,24 +57,49 @@ fn key_row(rs: u32, b: u32, j: u32) -> u32 {
     return (b * p.tk + j) * rs;
 }
 
+// What an invocation of the backward kernels knows of its role: sequence
+// b, role r (queries 0..tq, then keys), head column hc, and where the
+// head's probabilities start. gid.x < heads * (tq + tk).
+struct RoleLane {
+    b: u32,
+    r: u32,
+    hc: u32,
+    p_base: u32,
+}
+
+// x: head and role of sequence y.
+fn role_lane(gid: vec3<u32>) -> RoleLane {
+    let roles = p.tq + p.tk;
+    let h = gid.x / roles;
+    return RoleLane(gid.y, gid.x % roles, h * p.dh, p.p_off + (gid.y * p.heads + h) * p.tq * p.tk);
+}
+
+// Output row `row` (b * tq + t) at head column hc: its gradient dO and
+// rowsum(dO * O), which equals sum_j P[t, j] dP[t, j].
+struct OutGrad {
+    d_o: mat4x4<f32>,
+    rd: f32,
+}
+
+fn out_grad(row: u32, hc: u32) -> OutGrad {
+    let d_o = head_row(p.do_off + row * p.o_rs + hc);
+    return OutGrad(d_o, dot16(d_o, head_row(p.o_off + row * p.o_rs + hc)));
+}
+
 @compute @workgroup_size(AWG)
 fn attention_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    // x: head and role of sequence y; roles 0..tq are queries, then keys.
-    let roles = p.tq + p.tk;
-    if gid.x >= p.heads * roles {
+    if gid.x >= p.heads * (p.tq + p.tk) {
         return;
     }
-    let b = gid.y;
-    let h = gid.x / roles;
-    let r = gid.x % roles;
-    let hc = h * p.dh;
-    let p_base = p.p_off + (b * p.heads + h) * p.tq * p.tk;
+    let rl = role_lane(gid);
+    let b = rl.b;
+    let r = rl.r;
+    let hc = rl.hc;
+    let p_base = rl.p_base;
     if r < p.tq {
         let t = r;
         let row = (b * p.tq + t);
-        let d_o = head_row(p.do_off + row * p.o_rs + hc);
-        // sum_j P[t, j] dP[t, j] equals dO[t] . O[t].
-        let rd = dot16(d_o, head_row(p.o_off + row * p.o_rs + hc));
+        let g = out_grad(row, hc);
         var dq = mat4x4<f32>();
         for (var j = 0u; j < p.tk; j++) {
             let pr = ld(p_base + t * p.tk + j);
@@ -103,7 +107,7 @@ fn attention_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
                 continue;
             }
             let v = head_row(p.v_off + key_row(p.v_rs, b, j) + hc);
-            let ds = pr * (dot16(d_o, v) - rd);
+            let ds = pr * (dot16(g.d_o, v) - g.rd);
             dq += head_row(p.k_off + key_row(p.k_rs, b, j) + hc) * ds;
         }
         store_row(p.dq_off + row * p.q_rs + hc, dq * p.scale);
@@ -124,10 +128,9 @@ fn attention_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
             continue;
         }
         let row = (b * p.tq + t);
-        let d_o = head_row(p.do_off + row * p.o_rs + hc);
-        let rd = dot16(d_o, head_row(p.o_off + row * p.o_rs + hc));
-        dv += d_o * pr;
-        dk += head_row(p.q_off + row * p.q_rs + hc) * (pr * (dot16(d_o, v) - rd));
+        let g = out_grad(row, hc);
+        dv += g.d_o * pr;
+        dk += head_row(p.q_off + row * p.q_rs + hc) * (pr * (dot16(g.d_o, v) - g.rd));
     }
     store_row(p.dk_off + kr + hc, dk * p.scale);
     store_row(p.dv_off + vr + hc, dv);

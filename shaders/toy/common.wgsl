@@ -5,9 +5,6 @@
 // uniform block, so one bind group serves every dispatch.
 
 const WG: u32 = 256u;
-// Lanes of a subgroup that the *_subgroup kernels are written for; they
-// run only where the driver's subgroups are exactly this wide.
-const SG_LANES: u32 = 8u;
 // Marks an absent tensor or table in a uniform block.
 const NONE: u32 = 0xffffffffu;
 // Most negative finite f32: masked attention logits, as OpenFlamingo (not -inf).

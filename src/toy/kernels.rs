@@ -43,7 +43,7 @@ pub const LINEAR_WORKGROUP_SIZE: u32 = 64;
 /// Lanes per subgroup that the subgroup kernels ([`Kernel::needs_subgroups`])
 /// are written for; they run only where subgroups are exactly this wide.
 /// Attention launches need `tq` (and, backward, `tk`) to be multiples of
-/// it. Mirrors `SG_LANES` in `common.wgsl`.
+/// it. Mirrors `SG_LANES` in `subgroup_common.wgsl`.
 pub const SUBGROUP_LANES: u32 = 8;
 /// Rows of y each lane of [`Kernel::LinearSubgroup`] computes; mirrors
 /// `SG_ROWS`.
@@ -63,6 +63,8 @@ pub const GRAD_WEIGHT_WORKGROUP_SIZE: u32 = 16;
 const COMMON: &str = include_str!("../../shaders/toy/common.wgsl");
 const LINEAR: &str = include_str!("../../shaders/toy/linear.wgsl");
 const GRAD_WEIGHT: &str = include_str!("../../shaders/toy/linear_grad_weight.wgsl");
+const ATTENTION_COMMON: &str = include_str!("../../shaders/toy/attention_common.wgsl");
+const SUBGROUP_COMMON: &str = include_str!("../../shaders/toy/subgroup_common.wgsl");
 
 /// A compute kernel of the toy model; each is one file in `shaders/toy/`
 /// with one entry point of the same name.
@@ -235,14 +237,25 @@ impl Kernel {
         }
     }
 
-    /// The full WGSL module: the shared prelude, then the kernel's file
-    /// (for a subgroup kernel, after its portable twin's file, whose
-    /// uniform block, overrides and helpers it shares).
+    /// The full WGSL module: the shared prelude (`common.wgsl`, then
+    /// `attention_common.wgsl` for the attention kernels), then the
+    /// kernel's file. A subgroup kernel also gets `subgroup_common.wgsl`,
+    /// and its portable twin's file before its own, whose uniform block,
+    /// overrides and helpers it shares.
     pub fn source(self) -> String {
-        match self.base() {
-            Some(base) => format!("{COMMON}\n{}\n{}", base.body(), self.body()),
-            None => format!("{COMMON}\n{}", self.body()),
+        let portable = self.base().unwrap_or(self);
+        let mut out = format!("{COMMON}\n");
+        if matches!(portable, Kernel::Attention | Kernel::AttentionBackward) {
+            out += ATTENTION_COMMON;
+            out += "\n";
         }
+        if portable != self {
+            out += SUBGROUP_COMMON;
+            out += "\n";
+            out += portable.body();
+            out += "\n";
+        }
+        out + self.body()
     }
 }
 
