@@ -125,6 +125,22 @@ fn epilogue4(r: u32, c: u32, v: vec4<f32>, gate: f32) {
     }
 }
 
+// The factor on the product: tanh(gate) for a gated branch, else 1.
+fn prologue_scale() -> f32 {
+    if PRO == PRO_GATE {
+        return gate_scale(p.gate_off);
+    }
+    return 1.0;
+}
+
+// The gate on the branch of a residual epilogue, else 1.
+fn residual_gate() -> f32 {
+    if EPI == EPI_RESIDUAL {
+        return gate_scale(p.gate_off);
+    }
+    return 1.0;
+}
+
 // Row r, columns c0..c0+7 of the output.
 fn epilogue(r: u32, c0: u32, lo: vec4<f32>, hi: vec4<f32>, gate: f32) {
     if r >= p.m {
@@ -244,14 +260,8 @@ fn linear(@builtin(global_invocation_id) gid: vec3<u32>) {
             a7h += mh * x7;
         }
     }
-    var s = 1.0;
-    if PRO == PRO_GATE {
-        s = gate_scale(p.gate_off);
-    }
-    var gate = 1.0;
-    if EPI == EPI_RESIDUAL {
-        gate = gate_scale(p.gate_off);
-    }
+    let s = prologue_scale();
+    let gate = residual_gate();
     epilogue(row0 + 0u, col0, a0l * s, a0h * s, gate);
     epilogue(row0 + 1u, col0, a1l * s, a1h * s, gate);
     epilogue(row0 + 2u, col0, a2l * s, a2h * s, gate);

@@ -128,14 +128,8 @@ fn linear_subgroup(
             a33 += m3 * x3;
         }
     }
-    var s = 1.0;
-    if PRO == PRO_GATE {
-        s = gate_scale(p.gate_off);
-    }
-    var gate = 1.0;
-    if EPI == EPI_RESIDUAL {
-        gate = gate_scale(p.gate_off);
-    }
+    let s = prologue_scale();
+    let gate = residual_gate();
     epilogue(row0 + 0u, col0, a00 * s, a01 * s, gate);
     epilogue(row0 + 0u, col0 + 8u, a02 * s, a03 * s, gate);
     epilogue(row0 + 1u, col0, a10 * s, a11 * s, gate);
